@@ -8,10 +8,14 @@ Nothing heavy is imported here: no JAX, Dask or joblib.
 """
 
 from . import models
+from .settings import Settings, config, configure, get_settings, shutdown_executors
 from .errors import (
+    ExecutorClosedError,
+    ExecutorTimeoutError,
     InvalidGraphError,
     InvalidParameterError,
     PhasetraceError,
+    SerializationError,
     StrategyError,
     StrategyRejectedError,
     StrategyUnavailableError,
@@ -19,7 +23,9 @@ from .errors import (
     UnitFailedError,
     WorkerCrashedError,
 )
+from .executors import available_strategies, get_executor, register_strategy
 from .graph import Edge, Graph, Vertex
+from .pipeline import RunStats, compute_trace, compute_traces, last_run_stats
 from .record import record_trace
 from .trace import Trace
 
@@ -27,10 +33,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Edge",
+    "ExecutorClosedError",
+    "ExecutorTimeoutError",
     "Graph",
     "InvalidGraphError",
     "InvalidParameterError",
     "PhasetraceError",
+    "RunStats",
+    "SerializationError",
+    "Settings",
     "StrategyError",
     "StrategyRejectedError",
     "StrategyUnavailableError",
@@ -40,6 +51,16 @@ __all__ = [
     "Vertex",
     "WorkerCrashedError",
     "__version__",
+    "available_strategies",
+    "compute_trace",
+    "compute_traces",
+    "config",
+    "configure",
+    "get_executor",
+    "get_settings",
+    "last_run_stats",
     "models",
     "record_trace",
+    "register_strategy",
+    "shutdown_executors",
 ]

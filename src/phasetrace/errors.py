@@ -35,7 +35,7 @@ class StrategyError(PhasetraceError, ValueError):
 
 
 class StrategyUnavailableError(StrategyError, ImportError):
-    """A strategy needs an optional dependency that is not installed; the message names the extra."""
+    """A strategy needs an optional dependency that is not installed; the message names it."""
 
 
 class StrategyRejectedError(StrategyError):

@@ -1,0 +1,139 @@
+"""Module-level work functions for tests and benchmarks of the executors.
+
+They live in the package (not in ``tests/``) so that every worker can import them by
+reference, whatever its start method. Standard library only, like ``_worker``.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+
+def identity(x: Any) -> Any:
+    """Return ``x``."""
+    return x
+
+
+def square(x: int) -> int:
+    """Return ``x * x``."""
+    return x * x
+
+
+def sleep_ms(ms: float) -> float:
+    """Sleep ``ms`` milliseconds; return ``ms``."""
+    time.sleep(ms / 1000.0)
+    return ms
+
+
+def busy_ms(ms: float) -> int:
+    """Keep one CPU busy for about ``ms`` milliseconds (a Python loop, not sleep)."""
+    end = time.perf_counter() + ms / 1000.0
+    n = 0
+    while time.perf_counter() < end:
+        for _ in range(200):
+            n += 1
+    return n
+
+
+def spin(n: int) -> int:
+    """A deterministic CPU-busy loop of ``n`` iterations; returns a checksum."""
+    acc = 0
+    for i in range(n):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+def raise_value_error(message: str) -> None:
+    """Raise ``ValueError(message)``."""
+    raise ValueError(message)
+
+
+def exit_now(code: int = 7) -> None:
+    """End the process at once with ``os._exit(code)`` (no cleanup)."""
+    os._exit(code)
+
+
+def sigkill_self(_: Any = None) -> None:
+    """Send SIGKILL to the own process (what the OOM killer does)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault(_: Any = None) -> None:
+    """Crash the process with a segmentation fault."""
+    faulthandler._sigsegv()
+
+
+def has_jax(_: Any = None) -> bool:
+    """Whether JAX is imported in this process."""
+    return "jax" in sys.modules
+
+
+def getpid(_: Any = None) -> int:
+    """The process id that ran the unit."""
+    return os.getpid()
+
+
+def getenv(name: str) -> str | None:
+    """The value of an environment variable in the process that ran the unit."""
+    return os.environ.get(name)
+
+
+def blas_threads(_: Any = None) -> list[int]:
+    """Thread counts of the BLAS/OpenMP libraries numpy loaded here (needs threadpoolctl)."""
+    import numpy  # noqa: F401  (loads the BLAS library threadpoolctl then reports)
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info()]
+
+
+def unpicklable_result(_: Any = None) -> Any:
+    """Return an object that cannot be pickled (a lock)."""
+    return threading.Lock()
+
+
+def behave(payload: tuple[str, Any]) -> Any:
+    """Dispatch on ``(action, argument)``: one work function for mixed test batches.
+
+    Actions: ``"value"`` returns the argument, ``"square"``, ``"sleep"`` (ms),
+    ``"busy"`` (ms), ``"raise"`` (message), ``"exit"`` (code), ``"kill"``,
+    ``"segfault"``, ``"pid"``.
+    """
+    action, arg = payload
+    if action == "value":
+        return arg
+    if action == "square":
+        return arg * arg
+    if action == "sleep":
+        return sleep_ms(arg)
+    if action == "busy":
+        return busy_ms(arg)
+    if action == "raise":
+        raise_value_error(arg)
+    if action == "exit":
+        exit_now(arg)
+    if action == "kill":
+        sigkill_self()
+    if action == "segfault":
+        segfault()
+    if action == "pid":
+        return os.getpid()
+    raise KeyError(f"unknown action {action!r}")
+
+
+def nested_map(strategy: str) -> list:
+    """Start a map of strategy ``strategy`` from inside the unit (pools must refuse)."""
+    from phasetrace.executors import get_executor, work_items
+
+    with get_executor(strategy, n_workers=1) as ex:
+        return ex.map(square, work_items([1, 2]))
+
+
+def exit_via_sys_exit(code: int = 4) -> None:
+    """Call ``sys.exit(code)`` (raises SystemExit: a unit failure, not a crash)."""
+    sys.exit(code)

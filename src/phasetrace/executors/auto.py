@@ -1,0 +1,233 @@
+"""The ``auto`` strategy (the default): per call, run in-process or on the loky pool.
+
+Data flow: ``map`` looks at the items' ``cost`` estimates (seconds) and at whether a loky
+pool is already warm, picks ``sequential`` or ``loky`` with the rule below, records the
+choice in ``last_decision`` and logs it (``logging.debug`` on ``phasetrace.executors``),
+then hands the call to that executor.
+
+The rule, with ``n`` units of total estimated work ``W``, largest unit ``w_max``,
+``p`` workers and ``S`` the pool cost (``cold_start_s`` when the pool is cold,
+``warm_dispatch_s`` when it is warm)::
+
+    sequential  if p == 1, or n < 2, or inside a worker
+    loky        if S + max(W / p, w_max) + n * per_unit_s  <  W
+    sequential  otherwise
+
+so the pool is used only when its estimated wall time (start or dispatch, the longest of
+an even split and the largest unit, per-unit transport) beats running everything here.
+Units with unknown cost (``cost <= 0``) are measured: the first unit runs in-process and
+its time stands in for every unknown cost of the rest; the probe is part of the work,
+its result is kept.
+
+Default costs, measured on the development machine (2 cores shared with other work,
+Linux, Python 3.11, loky 3.7; ``benchmarks/strategies.py`` prints them for yours):
+
+- cold start of a 2-worker loky pool until the first results are back: 0.26-0.5 s
+  (up to 0.8 s under load) → ``cold_start_s = 0.5``;
+- warm round trip of one chunk: 0.5-0.7 ms → ``warm_dispatch_s = 0.002`` (a few ms,
+  with margin for the 2-4 chunks per worker a call is cut into);
+- warm per-unit overhead with chunking, 1000 trivial units: 4-11 µs → ``per_unit_s =
+  2e-5``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from phasetrace.executors import _worker
+from phasetrace.executors.base import Executor, WorkItem, check_items
+from phasetrace.executors.sequential import SequentialExecutor
+
+logger = logging.getLogger("phasetrace.executors")
+
+COLD_START_S = 0.5
+WARM_DISPATCH_S = 0.002
+PER_UNIT_S = 2e-5
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """What ``auto`` chose for one call, and why.
+
+    Attributes
+    ----------
+    strategy : str
+        ``"sequential"`` or ``"loky"``.
+    reason : str
+        The rule that decided, with the numbers.
+    n_items : int
+    estimated_work_s : float or None
+        Estimated sequential time of the units decided on.
+    estimated_parallel_s : float or None
+        Estimated wall time on the pool (start or dispatch included).
+    pool_warm : bool
+    probed : bool
+        True when unknown costs were estimated by running the first unit in-process.
+    """
+
+    strategy: str
+    reason: str
+    n_items: int
+    estimated_work_s: float | None = None
+    estimated_parallel_s: float | None = None
+    pool_warm: bool = False
+    probed: bool = False
+
+
+class AutoExecutor(Executor):
+    """Choose, per ``map`` call, between an in-process loop and the loky pool.
+
+    Parameters
+    ----------
+    n_workers : int or None
+        Worker count of the pool (default all CPUs); 1 always runs in-process.
+    cold_start_s, warm_dispatch_s, per_unit_s : float
+        Costs used by the rule (see the module docstring for the measurements).
+    **loky_options
+        Passed to :class:`~phasetrace.executors.lokypool.LokyExecutor`.
+
+    Attributes
+    ----------
+    last_decision : AutoDecision or None
+        The choice made by the latest ``map`` call.
+
+    Examples
+    --------
+    >>> from phasetrace.executors import work_items
+    >>> with AutoExecutor(n_workers=2) as ex:
+    ...     ex.map(abs, work_items([-1, -2], costs=[1e-6, 1e-6]))
+    ...     ex.last_decision.strategy
+    [1, 2]
+    'sequential'
+    """
+
+    name = "auto"
+    in_process = False
+    needs_picklable_fn = False
+    reuses_pool = True
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        cold_start_s: float = COLD_START_S,
+        warm_dispatch_s: float = WARM_DISPATCH_S,
+        per_unit_s: float = PER_UNIT_S,
+        **loky_options: Any,
+    ):
+        super().__init__(n_workers)
+        self.cold_start_s = float(cold_start_s)
+        self.warm_dispatch_s = float(warm_dispatch_s)
+        self.per_unit_s = float(per_unit_s)
+        self._loky_options = loky_options
+        self._sequential = SequentialExecutor()
+        self._loky: Any = None
+        self.last_decision: AutoDecision | None = None
+        if loky_options:  # fail now on an option loky does not take, not at the first call
+            from phasetrace.executors.lokypool import LokyExecutor
+
+            self._loky = LokyExecutor(self.n_workers, **loky_options)
+
+    def pool_warm(self) -> bool:
+        """Whether a loky pool with ``n_workers`` live workers is ready (starts nothing)."""
+        if self._loky is not None:
+            return self._loky.is_warm()
+        from phasetrace.executors.lokypool import pool_is_warm
+
+        return pool_is_warm(self.n_workers)
+
+    def decide(self, costs: Sequence[float], *, probed: bool = False) -> AutoDecision:
+        """Apply the rule of the module docstring to known ``costs`` (seconds per unit).
+
+        Examples
+        --------
+        >>> AutoExecutor(n_workers=2).decide([1.0, 1.0]).strategy
+        'loky'
+        >>> AutoExecutor(n_workers=2).decide([1e-4] * 10).strategy
+        'sequential'
+        """
+        n = len(costs)
+        if _worker.IN_WORKER:
+            return AutoDecision("sequential", "inside a worker: pools do not nest", n)
+        if self.n_workers == 1:
+            return AutoDecision("sequential", "n_workers is 1", n)
+        if n < 2:
+            return AutoDecision("sequential", f"{n} unit(s): nothing to share", n)
+        total = math.fsum(costs)
+        largest = max(costs)
+        warm = self.pool_warm()
+        start = self.warm_dispatch_s if warm else self.cold_start_s
+        parallel = start + max(total / self.n_workers, largest) + n * self.per_unit_s
+        state = "warm" if warm else "cold"
+        if parallel < total:
+            strategy = "loky"
+            reason = f"estimated {parallel:.4g} s on the {state} pool < {total:.4g} s in-process"
+        else:
+            strategy = "sequential"
+            reason = f"estimated {total:.4g} s in-process <= {parallel:.4g} s on the {state} pool"
+        return AutoDecision(strategy, reason, n, total, parallel, warm, probed)
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[WorkItem],
+        *,
+        timeout: float | None = None,
+    ) -> list:
+        self._check_open()
+        items = check_items(items)
+        if not items:
+            return []
+        costs = [it.cost for it in items]
+        head: list = []
+        probed = False
+        if all(c > 0 for c in costs) or len(items) < 2 or self.n_workers == 1:
+            decision = self.decide(costs)
+        else:
+            # Unknown costs: run the first unit here and let its time stand in for them.
+            t0 = time.perf_counter()
+            head = self._sequential.map(fn, items[:1], timeout=timeout)
+            measured = time.perf_counter() - t0
+            if timeout is not None:
+                timeout = max(timeout - measured, 1e-3)
+            items = items[1:]
+            costs = [c if c > 0 else measured for c in costs[1:]]
+            probed = True
+            decision = self.decide(costs, probed=True)
+        self.last_decision = decision
+        logger.debug(
+            "auto: %s for %d unit(s)%s: %s",
+            decision.strategy,
+            decision.n_items,
+            " (costs probed)" if probed else "",
+            decision.reason,
+        )
+        if decision.strategy == "loky":
+            if self._loky is None:
+                from phasetrace.executors.lokypool import LokyExecutor
+
+                self._loky = LokyExecutor(self.n_workers, **self._loky_options)
+            return head + self._loky.map(fn, items, timeout=timeout)
+        return head + self._sequential.map(fn, items, timeout=timeout)
+
+    map.__doc__ = Executor.map.__doc__
+
+    @property
+    def generation(self) -> int:
+        """Generation of the loky pool used so far (0 before its first use)."""
+        return 0 if self._loky is None else self._loky.generation
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._sequential.close()
+        if self._loky is not None:
+            self._loky.close()
+
+    close.__doc__ = Executor.close.__doc__

@@ -1,0 +1,356 @@
+"""``compute_trace`` / ``compute_traces``: decompose → cache → executor → stitch.
+
+Data flow (``architecture.md``): each graph is validated and cut into work units
+(:func:`phasetrace.scc.decompose`); every unit is looked up by its content key in the
+in-process memory cache, then on disk; the missing units, deduplicated by key across all
+graphs of the call, go to the configured executor as explicit work items (their
+canonical bytes); the results are stored (atomically) and each graph's trace is stitched
+from its units in π order. Workers only record: the cache lives in the calling process.
+
+Because :func:`phasetrace.record_trace` stitches the same unit recordings, the result is
+bitwise identical to it, whatever strategy ran the units and whether they came from the
+cache: the digests are equal.
+
+With ``hierarchical=False`` a graph is one work item instead (its canonical JSON), recorded
+whole in a worker; small graphs go this way by default, as units would only add dispatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _work
+from .cache import TraceCache, default_cache_dir
+from .settings import UNSET, Settings, get_executor_for, resolve
+from .executors.base import WorkItem
+from .graph import Graph
+from .scc import Decomposition, WorkUnit, decompose
+from .trace import Trace, stitch
+
+logger = logging.getLogger("phasetrace.pipeline")
+
+#: ``hierarchical=None`` splits graphs with at least this many vertices into units.
+HIERARCHICAL_MIN_VERTICES = 200
+#: Estimated recording time per unit of ``_estimated_ops`` (seconds), measured here.
+SECONDS_PER_OP = 1.5e-6
+#: Show a progress bar automatically when recording is expected to take this long.
+PROGRESS_MIN_SECONDS = 3.0
+
+
+@dataclass
+class RunStats:
+    """What one ``compute_trace(s)`` call did.
+
+    Attributes
+    ----------
+    graphs : int
+    units : int
+        Work items needed by the graphs (units, or whole graphs when not hierarchical).
+    unique : int
+        Distinct keys among them.
+    from_memory, from_disk, recorded : int
+        Where the distinct items came from.
+    strategy : str
+        The strategy resolved for the call (``auto`` reports its choice, if it made one).
+    n_workers : int or None
+    seconds : dict of str to float
+        Wall time per stage: ``decompose``, ``lookup``, ``record``, ``store``, ``stitch``,
+        ``total``.
+    """
+
+    graphs: int = 0
+    units: int = 0
+    unique: int = 0
+    from_memory: int = 0
+    from_disk: int = 0
+    recorded: int = 0
+    strategy: str = ""
+    n_workers: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        stages = ", ".join(f"{k} {v:.3f} s" for k, v in self.seconds.items())
+        return (
+            f"{self.graphs} graph(s), {self.units} unit(s) ({self.unique} distinct): "
+            f"{self.from_memory} from memory, {self.from_disk} from disk, {self.recorded} "
+            f"recorded on {self.strategy!r}; {stages}"
+        )
+
+
+_last_stats = threading.local()
+_caches: dict[tuple, TraceCache] = {}
+_caches_lock = threading.Lock()
+
+
+def last_run_stats() -> RunStats | None:
+    """Statistics of the last ``compute_trace(s)`` call made in this thread.
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> _ = pt.compute_trace(pt.models.kingman(6), cache=False, strategy="sequential")
+    >>> pt.last_run_stats().graphs
+    1
+    """
+    return getattr(_last_stats, "value", None)
+
+
+def get_cache(settings: Settings) -> TraceCache:
+    """The process-wide :class:`TraceCache` for these settings (memory LRU kept across calls)."""
+    directory = settings.cache_dir or str(default_cache_dir())
+    key = (directory, settings.cache)
+    with _caches_lock:
+        cache = _caches.get(key)
+        if cache is None:
+            # cache=False means no cache at all: neither disk nor the memory layer.
+            memory_items = 512 if settings.cache else 0
+            cache = _caches[key] = TraceCache(
+                directory, enabled=settings.cache, memory_items=memory_items
+            )
+        return cache
+
+
+def compute_trace(
+    graph: Graph,
+    *,
+    hierarchical: bool | None = None,
+    strategy: Any = UNSET,
+    n_workers: Any = UNSET,
+    cache: Any = UNSET,
+    cache_dir: Any = UNSET,
+    progress: Any = UNSET,
+    timeout: Any = UNSET,
+) -> Trace:
+    """Record ``graph``'s trace via the cache and the configured executor.
+
+    Parameters
+    ----------
+    graph : Graph
+    hierarchical : bool or None
+        Split into SCC work units (True), record whole (False), or decide by size
+        (None: units from :data:`HIERARCHICAL_MIN_VERTICES` vertices on).
+    strategy, n_workers, cache, cache_dir, progress, timeout
+        Override the configured settings for this call (see :func:`phasetrace.configure`).
+
+    Returns
+    -------
+    Trace
+        Bitwise identical to ``record_trace(graph)`` (equal digests).
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> g = pt.models.two_island(6)
+    >>> tr = pt.compute_trace(g, strategy="sequential", cache=False)
+    >>> tr.digest() == pt.record_trace(g).digest()
+    True
+    """
+    return compute_traces(
+        [graph],
+        hierarchical=hierarchical,
+        strategy=strategy,
+        n_workers=n_workers,
+        cache=cache,
+        cache_dir=cache_dir,
+        progress=progress,
+        timeout=timeout,
+    )[0]
+
+
+def compute_traces(
+    graphs: Iterable[Graph],
+    *,
+    hierarchical: bool | None = None,
+    strategy: Any = UNSET,
+    n_workers: Any = UNSET,
+    cache: Any = UNSET,
+    cache_dir: Any = UNSET,
+    progress: Any = UNSET,
+    timeout: Any = UNSET,
+) -> list[Trace]:
+    """Record the traces of many graphs, in input order, on the configured executor.
+
+    Every graph is validated before anything is dispatched. Work is deduplicated by
+    content key across the whole call, looked up in the cache, and only what is missing
+    is recorded. See :func:`compute_trace` for the parameters.
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> gs = [pt.models.kingman(n) for n in (3, 4, 5)]
+    >>> [round(float(t.expectation([1.0])), 6) for t in pt.compute_traces(gs, cache=False)]
+    [1.333333, 1.5, 1.6]
+    """
+    t_start = time.perf_counter()
+    settings = resolve(
+        strategy=strategy,
+        n_workers=n_workers,
+        cache=cache,
+        cache_dir=cache_dir,
+        progress=progress,
+        timeout=timeout,
+    )
+    graphs = list(graphs)
+    stats = RunStats(graphs=len(graphs), strategy=settings.strategy, n_workers=settings.n_workers)
+    with _timed(stats, "decompose"):
+        plans = [_plan(g, hierarchical) for g in graphs]
+    items = _unique_items(plans)
+    stats.units = sum(len(p.keys) for p in plans)
+    stats.unique = len(items)
+    store = get_cache(settings)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    with _timed(stats, "lookup"):
+        missing = _lookup(store, items, results, stats)
+    with _timed(stats, "record"):
+        recorded = _record(missing, settings, stats)
+    with _timed(stats, "store"):
+        for item, arrays in zip(missing, recorded, strict=True):
+            store.put(item.key, arrays)
+            results[item.key] = arrays
+    with _timed(stats, "stitch"):
+        traces = [p.finish(results) for p in plans]
+    stats.seconds["total"] = time.perf_counter() - t_start
+    _last_stats.value = stats
+    logger.info("compute_traces: %s", stats)
+    return traces
+
+
+# -- planning ---------------------------------------------------------------------------------
+class _GraphPlan:
+    """The work items one graph needs and how to assemble its trace from their results."""
+
+    def __init__(self, items: list[WorkItem], decomposition: Decomposition | None):
+        self.items = items
+        self.keys = [it.key for it in items]
+        self.decomposition = decomposition
+
+    def finish(self, results: dict[str, dict[str, np.ndarray]]) -> Trace:
+        if self.decomposition is None:
+            return Trace(results[self.keys[0]])
+        return stitch(self.decomposition, [results[k] for k in self.keys])
+
+
+def _cache_key(kind: bytes, payload: bytes) -> str:
+    # The recorder version is part of every key: a recorder change never reuses old entries.
+    h = hashlib.sha256(_work.RECORDER_VERSION.encode() + b"\x00" + kind + b"\x00")
+    h.update(payload)
+    return h.hexdigest()
+
+
+def _plan(graph: Graph, hierarchical: bool | None) -> _GraphPlan:
+    graph.validate()
+    if hierarchical is None:
+        hierarchical = len(graph) >= HIERARCHICAL_MIN_VERTICES
+    d = decompose(graph)
+    if not hierarchical:
+        payload = graph.to_json().encode()
+        cost = sum(_unit_cost(u) for u in d.units)
+        return _GraphPlan(
+            [WorkItem(0, _cache_key(b"graph", payload), ("graph", payload), cost)], None
+        )
+    items = []
+    for unit in d.units:
+        payload = unit.to_bytes()
+        items.append(WorkItem(0, _cache_key(b"unit", payload), ("unit", payload), _unit_cost(unit)))
+    return _GraphPlan(items, d)
+
+
+def _estimated_ops(unit: WorkUnit) -> float:
+    """Rough op count: loads, plus fill-in of about k·(k + exits) products in an SCC."""
+    k = unit.n_internal
+    return unit.n_edges + (k * (k + unit.n_exits) if k > 1 else 0)
+
+
+def _unit_cost(unit: WorkUnit) -> float:
+    return SECONDS_PER_OP * _estimated_ops(unit) + 2e-5
+
+
+def _unique_items(plans: Sequence[_GraphPlan]) -> list[WorkItem]:
+    seen: dict[str, WorkItem] = {}
+    for p in plans:
+        for it in p.items:
+            if it.key not in seen:
+                seen[it.key] = WorkItem(len(seen), it.key, it.payload, it.cost)
+    return list(seen.values())
+
+
+def _lookup(store: TraceCache, items, results, stats: RunStats) -> list[WorkItem]:
+    missing = []
+    for it in items:
+        hit = store.get(it.key)
+        if hit is None:
+            missing.append(WorkItem(len(missing), it.key, it.payload, it.cost))
+            continue
+        arrays, source = hit
+        results[it.key] = arrays
+        if source == "memory":
+            stats.from_memory += 1
+        else:
+            stats.from_disk += 1
+    return missing
+
+
+# -- recording ---------------------------------------------------------------------------------
+def _record(missing: list[WorkItem], settings: Settings, stats: RunStats) -> list[dict]:
+    stats.recorded = len(missing)
+    if not missing:
+        return []
+    executor = get_executor_for(settings)
+    expected = sum(it.cost for it in missing)
+    if not _show_progress(settings.progress, expected):
+        out = executor.map(_work.record_payload, missing, timeout=settings.timeout)
+        _note_strategy(executor, stats)
+        return out
+    return _record_with_progress(executor, missing, settings, stats)
+
+
+def _note_strategy(executor, stats: RunStats) -> None:
+    decision = getattr(executor, "last_decision", None)
+    if decision is not None:
+        stats.strategy = f"auto→{decision.strategy}"
+
+
+def _show_progress(progress: bool | None, expected_seconds: float) -> bool:
+    if progress is not None:
+        return bool(progress)
+    return expected_seconds >= PROGRESS_MIN_SECONDS and sys.stderr.isatty()
+
+
+def _record_with_progress(executor, missing, settings, stats) -> list[dict]:
+    """Dispatch in about 20 batches so a tqdm bar can advance between them."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a nicety: say so once, and record without it
+        logger.warning("progress bar requested but tqdm is not installed (pip install tqdm)")
+        return executor.map(_work.record_payload, missing, timeout=settings.timeout)
+    out: list[dict] = []
+    step = max(1, len(missing) // 20)
+    with tqdm(total=len(missing), desc="recording units", unit="unit") as bar:
+        for s in range(0, len(missing), step):
+            batch = [
+                WorkItem(i, it.key, it.payload, it.cost)
+                for i, it in enumerate(missing[s : s + step])
+            ]
+            out.extend(executor.map(_work.record_payload, batch, timeout=settings.timeout))
+            bar.update(len(batch))
+    _note_strategy(executor, stats)
+    return out
+
+
+@contextmanager
+def _timed(stats: RunStats, stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        stats.seconds[stage] = time.perf_counter() - t0

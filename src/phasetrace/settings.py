@@ -1,0 +1,418 @@
+"""Settings: process-wide defaults, per-block overrides, environment, and one resolver.
+
+Precedence, highest first, implemented once in :func:`resolve`:
+
+1. explicit arguments (``resolve(strategy="spawn")``, as passed down by the API);
+2. the innermost enclosing ``with config(...)`` block (blocks nest; an inner block
+   inherits what it does not set);
+3. ``configure(...)``: process-wide defaults;
+4. environment variables ``PHASETRACE_STRATEGY``, ``PHASETRACE_N_WORKERS``,
+   ``PHASETRACE_CACHE_DIR`` (read at each resolution);
+5. the defaults of :class:`Settings`.
+
+"Not given" is the :data:`UNSET` sentinel, not ``None``: ``None`` is a value of its own
+(``n_workers=None``: the strategy's default; ``timeout=None``: no limit;
+``cache_dir=None``: the cache module decides; ``progress=None``: automatic).
+
+Every setting is validated when it is given (``configure``, ``config``, ``resolve``), so
+an unknown strategy, ``pmap``, a missing optional dependency or a bad ``n_workers`` fails
+before any process starts.
+
+``config(...)`` blocks live in a :class:`contextvars.ContextVar`: they are seen by the
+code (and asyncio tasks) running inside the block, not by other threads. A new thread
+starts from the ``configure()`` defaults, not from the block its creator is in
+(``contextvars.copy_context().run`` carries a block into a thread explicitly).
+
+Examples
+--------
+>>> from phasetrace.settings import config, configure, get_settings
+>>> with config(strategy="sequential", n_workers=1):
+...     get_settings().strategy
+'sequential'
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any
+
+from phasetrace.errors import StrategyError
+from phasetrace.executors.base import Executor, resolve_n_workers
+from phasetrace.executors.registry import get_executor, validate_strategy
+
+__all__ = [
+    "UNSET",
+    "Settings",
+    "config",
+    "configure",
+    "get_executor_for",
+    "get_settings",
+    "reset_configuration",
+    "resolve",
+    "shutdown_executors",
+]
+
+
+class _Unset:
+    """Type of :data:`UNSET`: marks a setting that was not given."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self):
+        return (_Unset, ())
+
+
+#: The "not given" marker; pass it (or omit the argument) to fall through to lower layers.
+UNSET: Any = _Unset()
+
+ENV_STRATEGY = "PHASETRACE_STRATEGY"
+ENV_N_WORKERS = "PHASETRACE_N_WORKERS"
+ENV_CACHE_DIR = "PHASETRACE_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings (immutable).
+
+    Attributes
+    ----------
+    strategy : str
+        Executor strategy name (default ``"auto"``).
+    n_workers : int or None
+        Worker count with joblib's ``n_jobs`` meaning; None is the strategy's default.
+    cache : bool
+        Use the on-disk trace cache (default True).
+    cache_dir : str or None
+        Cache directory; None lets the cache module decide.
+    progress : bool or None
+        Show progress; None decides automatically.
+    timeout : float or None
+        Seconds a ``map`` call may take; None is no limit.
+    options : tuple of (str, value) pairs
+        Strategy options (``address``, ``client``, ``security`` for dask, ...), kept as
+        sorted pairs so that ``Settings`` stays immutable; see :attr:`options_dict`.
+    """
+
+    strategy: str = "auto"
+    n_workers: int | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    progress: bool | None = None
+    timeout: float | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        """The strategy options as a new dict."""
+        return dict(self.options)
+
+
+_FIELDS = tuple(f.name for f in fields(Settings))
+_DEFAULTS = Settings()
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def _check_strategy(value: Any) -> str:
+    if not isinstance(value, str):
+        raise StrategyError(f"strategy must be a name (str), got {type(value).__name__} {value!r}")
+    validate_strategy(value)
+    return value
+
+
+def _check_n_workers(value: Any) -> int | None:
+    resolve_n_workers(value)  # the one validator of n_workers; raises StrategyError
+    return value
+
+
+def _check_bool(name: str, value: Any, allow_none: bool) -> bool | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        allowed = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def _check_cache_dir(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"cache_dir must be a path or None, got {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"cache_dir must be a non-empty text path, got {value!r}")
+    return path
+
+
+def _check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def _check_options(value: Any) -> tuple[tuple[str, Any], ...]:
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)
+    if not isinstance(value, Mapping):
+        raise TypeError(f"options must be a mapping of option names to values, got {value!r}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"option names must be strings, got {key!r}")
+    return tuple(sorted(value.items(), key=lambda kv: kv[0]))
+
+
+_CHECKS = {
+    "strategy": _check_strategy,
+    "n_workers": _check_n_workers,
+    "cache": lambda v: _check_bool("cache", v, allow_none=False),
+    "cache_dir": _check_cache_dir,
+    "progress": lambda v: _check_bool("progress", v, allow_none=True),
+    "timeout": _check_timeout,
+    "options": _check_options,
+}
+
+
+def _validated(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the given (not UNSET) settings; return them normalized."""
+    out = {}
+    for name, value in settings.items():
+        if name not in _CHECKS:
+            raise TypeError(f"unknown setting {name!r}; settings are: {', '.join(_FIELDS)}")
+        if value is UNSET:
+            continue
+        out[name] = _CHECKS[name](value)
+    return out
+
+
+# -- the layers ------------------------------------------------------------------------
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_process_lock = threading.Lock()
+_process_layer: Mapping[str, Any] = _EMPTY  # replaced whole, never mutated
+_block_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "phasetrace_config_block", default=_EMPTY
+)
+
+
+def _env_layer() -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    strategy = os.environ.get(ENV_STRATEGY, "").strip()
+    if strategy:
+        try:
+            layer["strategy"] = _check_strategy(strategy)
+        except StrategyError as exc:
+            raise type(exc)(f"environment variable {ENV_STRATEGY}: {exc}") from None
+    n_workers = os.environ.get(ENV_N_WORKERS, "").strip()
+    if n_workers:
+        try:
+            layer["n_workers"] = _check_n_workers(int(n_workers))
+        except ValueError as exc:  # int() failed, or StrategyError (a ValueError)
+            raise StrategyError(
+                f"environment variable {ENV_N_WORKERS}={n_workers!r} is not a valid worker "
+                f"count: {exc}"
+            ) from None
+    cache_dir = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if cache_dir:
+        layer["cache_dir"] = cache_dir
+    return layer
+
+
+def configure(**settings: Any) -> Settings:
+    """Set process-wide defaults (below ``config`` blocks and explicit arguments).
+
+    Parameters
+    ----------
+    **settings
+        Any of the :class:`Settings` fields: ``strategy``, ``n_workers``, ``cache``,
+        ``cache_dir``, ``progress``, ``timeout``, ``options``. Fields not given keep
+        their configured value; ``UNSET`` removes a configured value.
+
+    Returns
+    -------
+    Settings
+        The settings now in effect here (as :func:`get_settings`).
+
+    Raises
+    ------
+    StrategyError
+        Unknown strategy (lists the known ones), bad ``n_workers``.
+    StrategyRejectedError
+        ``strategy="pmap"``.
+    StrategyUnavailableError
+        The strategy's optional dependency is missing (names the extra).
+    TypeError, ValueError
+        An unknown setting or a value of the wrong kind.
+
+    Examples
+    --------
+    >>> configure(n_workers=2).n_workers
+    2
+    >>> reset_configuration()
+    """
+    global _process_layer
+    given = _validated(settings)
+    removed = [name for name, value in settings.items() if value is UNSET]
+    with _process_lock:
+        layer = {k: v for k, v in _process_layer.items() if k not in removed}
+        layer.update(given)
+        _process_layer = MappingProxyType(layer)
+    return get_settings()
+
+
+def reset_configuration() -> None:
+    """Forget everything set by :func:`configure` (blocks and environment still apply)."""
+    global _process_layer
+    with _process_lock:
+        _process_layer = _EMPTY
+
+
+class config:
+    """Override settings for a ``with`` block (and the code it calls, in this context).
+
+    The settings are validated when the object is created; they take effect in
+    ``__enter__`` and are undone by token in ``__exit__``, so blocks nest and an
+    exception inside restores the outer settings. The same object may be entered again.
+
+    Parameters
+    ----------
+    **settings
+        As for :func:`configure`.
+
+    Examples
+    --------
+    >>> with config(strategy="sequential") as s:
+    ...     s.strategy
+    'sequential'
+    >>> with config(n_workers=1):
+    ...     with config(strategy="spawn"):
+    ...         (get_settings().strategy, get_settings().n_workers)
+    ('spawn', 1)
+    """
+
+    def __init__(self, **settings: Any):
+        self._layer = _validated(settings)
+        self._tokens: list[contextvars.Token] = []
+
+    def __enter__(self) -> Settings:
+        merged = {**_block_layer.get(), **self._layer}
+        self._tokens.append(_block_layer.set(MappingProxyType(merged)))
+        return get_settings()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _block_layer.reset(self._tokens.pop())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._layer.items())
+        return f"config({inner})"
+
+
+def resolve(**explicit: Any) -> Settings:
+    """Resolve settings: explicit > ``config`` block > ``configure`` > environment > default.
+
+    Parameters
+    ----------
+    **explicit
+        Settings given explicitly by the caller; ``UNSET`` values fall through.
+
+    Returns
+    -------
+    Settings
+
+    Examples
+    --------
+    >>> with config(strategy="sequential", n_workers=1):
+    ...     s = resolve(n_workers=2)
+    >>> (s.strategy, s.n_workers)
+    ('sequential', 2)
+    """
+    layers = (_validated(explicit), _block_layer.get(), _process_layer, _env_layer())
+    values = {}
+    for name in _FIELDS:
+        for layer in layers:
+            if name in layer:
+                values[name] = layer[name]
+                break
+        else:
+            values[name] = getattr(_DEFAULTS, name)
+    return Settings(**values)
+
+
+def get_settings() -> Settings:
+    """The settings in effect here (``resolve()`` with no explicit argument).
+
+    Examples
+    --------
+    >>> get_settings().cache
+    True
+    """
+    return resolve()
+
+
+# -- executors kept warm across calls ----------------------------------------------------
+
+_executors_lock = threading.Lock()
+_executors: list[tuple[tuple, Executor]] = []
+
+
+def get_executor_for(settings: Settings | None = None) -> Executor:
+    """Return a shared, open executor for ``settings`` (resolved here when None).
+
+    Executors are cached by ``(strategy, n_workers, options)`` and reused by later calls,
+    so pools stay warm; :func:`shutdown_executors` (also run at exit) closes them. A
+    cached executor may be used from several threads; the pooled strategies run one
+    ``map`` at a time each. Do not close the returned executor yourself.
+
+    Examples
+    --------
+    >>> ex = get_executor_for(resolve(strategy="sequential"))
+    >>> ex is get_executor_for(resolve(strategy="sequential"))
+    True
+    """
+    s = get_settings() if settings is None else settings
+    key = (s.strategy, s.n_workers, s.options)
+    with _executors_lock:
+        for cached_key, executor in _executors:
+            if cached_key == key and not executor.closed:
+                return executor
+        _executors[:] = [(k, e) for k, e in _executors if not e.closed]
+        executor = get_executor(s.strategy, s.n_workers, **s.options_dict)
+        _executors.append((key, executor))
+        return executor
+
+
+def shutdown_executors() -> None:
+    """Close every executor cached by :func:`get_executor_for` (registered with atexit).
+
+    Examples
+    --------
+    >>> shutdown_executors()
+    """
+    with _executors_lock:
+        cached = [e for _, e in _executors]
+        _executors.clear()
+    for executor in cached:
+        executor.close()
+
+
+atexit.register(shutdown_executors)

@@ -1,0 +1,459 @@
+"""Executors: equivalence with the sequential reference, registry, n_workers, auto, chunking.
+
+Pools are module-scoped fixtures, kept warm across hypothesis examples, so this file runs
+in seconds on two cores. Failure behaviour (crashes, timeouts, Ctrl-C) is in
+``test_executor_failures.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from phasetrace.errors import (
+    ExecutorClosedError,
+    StrategyError,
+    StrategyRejectedError,
+    StrategyUnavailableError,
+    UnitFailedError,
+)
+from phasetrace.executors import (
+    Executor,
+    RemoteTraceback,
+    WorkItem,
+    available_cpus,
+    available_strategies,
+    get_executor,
+    known_strategies,
+    register_strategy,
+    registry,
+    resolve_n_workers,
+    unregister_strategy,
+    work_items,
+)
+from phasetrace.executors import _testfns as T
+from phasetrace.executors._pool import plan_chunks
+from phasetrace.executors.auto import AutoExecutor
+
+POOLED = [("loky", 1), ("loky", 2), ("spawn", 1), ("spawn", 2)]
+ALL = [("sequential", 1), *POOLED]
+
+quick = settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@pytest.fixture(scope="module", params=ALL, ids=lambda p: f"{p[0]}-{p[1]}")
+def executor(request):
+    name, n = request.param
+    with get_executor(name, n_workers=n) as ex:
+        yield ex
+
+
+@pytest.fixture(scope="module", params=POOLED, ids=lambda p: f"{p[0]}-{p[1]}")
+def pooled(request):
+    name, n = request.param
+    with get_executor(name, n_workers=n) as ex:
+        yield ex
+
+
+@pytest.fixture
+def clean_registry():
+    yield
+    registry.reset_registry()
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@quick
+@given(
+    values=st.lists(st.integers(-(10**6), 10**6), max_size=60),
+    cost=st.sampled_from([0.0, 1e-6, 1e-3]),
+)
+def test_results_in_input_order_equal_sequential(executor, values, cost):
+    items = work_items(values, costs=[cost] * len(values))
+    assert executor.map(T.square, items) == [v * v for v in values]
+
+
+@quick
+@given(
+    payloads=st.lists(
+        st.one_of(
+            st.tuples(st.just("value"), st.text(max_size=5)),
+            st.tuples(st.just("square"), st.integers(-1000, 1000)),
+            st.tuples(st.just("sleep"), st.sampled_from([0, 1, 3])),
+        ),
+        max_size=20,
+    )
+)
+def test_mixed_units_finishing_out_of_order_come_back_in_order(executor, payloads):
+    with get_executor("sequential") as ref:
+        expected = ref.map(T.behave, work_items(payloads))
+    assert executor.map(T.behave, work_items(payloads)) == expected
+
+
+def test_empty_map_returns_empty_list(executor):
+    assert executor.map(T.square, []) == []
+
+
+def test_items_must_be_work_items(executor):
+    with pytest.raises(TypeError, match="work_items"):
+        executor.map(T.square, [1, 2])
+
+
+def test_unit_failure_names_first_failing_key_in_input_order(executor):
+    items = work_items(
+        [("value", 1), ("raise", "first"), ("value", 2), ("raise", "second")],
+        keys=["k0", "k1", "k2", "k3"],
+    )
+    with pytest.raises(UnitFailedError) as info:
+        executor.map(T.behave, items)
+    err = info.value
+    assert (err.key, err.exc_type, err.exc_message) == ("k1", "ValueError", "first")
+    assert "k1" in str(err) and "ValueError: first" in str(err)
+    assert "raise_value_error" in err.remote_traceback
+    if executor.in_process:
+        assert isinstance(err.__cause__, ValueError)
+    else:
+        assert isinstance(err.__cause__, RemoteTraceback)
+        assert "raise_value_error" in str(err.__cause__)
+    # the executor is still usable, on the same pool
+    generation = getattr(executor, "generation", None)
+    assert executor.map(T.square, work_items([3])) == [9]
+    assert getattr(executor, "generation", None) == generation
+
+
+def test_map_after_close_raises_and_close_is_idempotent():
+    ex = get_executor("spawn", n_workers=1)
+    ex.close()
+    ex.close()
+    with pytest.raises(ExecutorClosedError):
+        ex.map(T.square, work_items([1]))
+
+
+def test_pool_is_reused_across_calls(pooled):
+    pooled.map(T.square, work_items([1]))
+    generation = pooled.generation
+    pids = set()
+    for _ in range(3):
+        pids |= set(pooled.map(T.getpid, work_items(range(4 * pooled.n_workers))))
+    assert pooled.generation == generation
+    assert len(pids) <= pooled.n_workers
+    assert os.getpid() not in pids
+
+
+def test_workers_cap_blas_threads(pooled):
+    assert pooled.map(T.getenv, work_items(["OMP_NUM_THREADS"])) == ["1"]
+    assert pooled.map(T.getenv, work_items(["OPENBLAS_NUM_THREADS"])) == ["1"]
+    if importlib.util.find_spec("threadpoolctl") and importlib.util.find_spec("numpy"):
+        (threads,) = pooled.map(T.blas_threads, work_items([0]))
+        assert all(n == 1 for n in threads)
+
+
+def test_workers_do_not_import_jax(pooled):
+    # The case "the parent has imported JAX" runs in a subprocess (next test), so that
+    # this test process stays free of JAX for other tests that check it.
+    n = 2 * pooled.n_workers
+    assert pooled.map(T.has_jax, work_items(range(n))) == [False] * n
+
+
+@pytest.mark.timeout(120)
+def test_workers_do_not_import_jax_when_main_script_does(tmp_path):
+    """The parent has imported JAX, and the spawn start method would normally re-run the
+    parent's __main__ (which imports JAX) in every worker; phasetrace prevents both."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    script = tmp_path / "main_with_jax.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import jax  # noqa: F401  (a main script that imports JAX at its top)
+            from phasetrace.executors import get_executor, work_items
+            from phasetrace.executors import _testfns
+
+            if __name__ == "__main__":
+                print("parent has jax:", "jax" in sys.modules)
+                for name in ("loky", "spawn"):
+                    with get_executor(name, n_workers=1) as ex:
+                        print(name, ex.map(_testfns.has_jax, work_items([0, 1])))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=100, check=True
+    ).stdout
+    assert "parent has jax: True" in out
+    assert "loky [False, False]" in out
+    assert "spawn [False, False]" in out
+
+
+def test_loky_ships_lambdas():
+    with get_executor("loky", n_workers=1) as ex:
+        assert ex.map(lambda x: x + 1, work_items([1, 2])) == [2, 3]
+
+
+# -- n_workers ---------------------------------------------------------------------------
+
+
+def test_n_workers_follows_joblib_rules():
+    cpus = available_cpus()
+    assert resolve_n_workers(3) == 3
+    assert resolve_n_workers(-1) == cpus
+    assert resolve_n_workers(-cpus) == 1
+    if cpus >= 2:
+        assert resolve_n_workers(-2) == cpus - 1
+    assert resolve_n_workers(None) == cpus
+    assert resolve_n_workers(None, default=1) == 1
+    for bad in (0, -cpus - 1, 1.5, True, "2"):
+        with pytest.raises(StrategyError):
+            resolve_n_workers(bad)
+
+
+def test_n_workers_validated_by_get_executor():
+    with pytest.raises(StrategyError, match="n_workers=0"):
+        get_executor("loky", n_workers=0)
+    with get_executor("sequential", n_workers=4) as ex:
+        assert ex.n_workers == 1  # sequential validates, then always uses one
+    with get_executor("spawn", n_workers=-1) as ex:
+        assert ex.n_workers == available_cpus()
+
+
+# -- registry ----------------------------------------------------------------------------
+
+
+def test_unknown_strategy_lists_known_ones_sorted():
+    with pytest.raises(StrategyError) as info:
+        get_executor("nope")
+    message = str(info.value)
+    assert "unknown strategy 'nope'" in message
+    listed = message.split("known strategies: ")[1].split(", ")
+    assert listed == sorted(listed) == known_strategies()
+    assert {"auto", "sequential", "loky", "spawn", "pmap", "dask", "joblib"} <= set(listed)
+
+
+def test_builtin_table_is_sorted_and_every_entry_has_an_install_hint():
+    names = [e.name for e in registry.builtin_entries()]
+    assert names == sorted(names)
+    for entry in registry.builtin_entries():
+        assert entry.hint.strip(), entry.name
+        assert isinstance(entry.factory, str) and ":" in entry.factory
+        if entry.extra:
+            assert f"phasetrace[{entry.extra}]" in entry.hint
+
+
+def test_register_same_is_noop_different_needs_replace(clean_registry):
+    path = "phasetrace.executors.sequential:SequentialExecutor"
+    register_strategy("mine", path)
+    register_strategy("mine", path)  # no-op
+    with pytest.raises(StrategyError, match="replace=True"):
+        register_strategy("mine", "phasetrace.executors.spawn:SpawnExecutor")
+    register_strategy("mine", "phasetrace.executors.spawn:SpawnExecutor", replace=True)
+    assert registry._entries["mine"].factory.endswith("SpawnExecutor")
+    with pytest.raises(StrategyError, match="replace=True"):
+        register_strategy("loky", path)
+    unregister_strategy("mine")
+    assert "mine" not in known_strategies()
+
+
+def test_register_a_callable_factory(clean_registry):
+    from phasetrace.executors.sequential import SequentialExecutor
+
+    register_strategy("callable-seq", SequentialExecutor)
+    with get_executor("callable-seq") as ex:
+        assert ex.map(T.square, work_items([2])) == [4]
+
+
+def test_missing_extra_names_the_extra(clean_registry):
+    register_strategy("fancy", "phasetrace_nonexistent_module:Executor", extra="fancy")
+    with pytest.raises(StrategyUnavailableError) as info:
+        get_executor("fancy")
+    assert 'pip install "phasetrace[fancy]"' in str(info.value)
+    assert isinstance(info.value, ImportError)
+    (record,) = [s for s in available_strategies() if s.name == "fancy"]
+    assert not record.available and "phasetrace[fancy]" in record.reason
+
+
+def test_missing_required_module_names_the_extra(clean_registry):
+    register_strategy(
+        "needs-missing",
+        "phasetrace.executors.sequential:SequentialExecutor",
+        extra="missing",
+        requires=("phasetrace_nonexistent_dependency",),
+    )
+    with pytest.raises(StrategyUnavailableError, match=r"phasetrace\[missing\]"):
+        get_executor("needs-missing")
+
+
+@pytest.mark.parametrize(("name", "extra"), [("dask", "dask"), ("joblib", "joblib")])
+def test_not_yet_written_strategies_report_unavailable(name, extra):
+    module = registry._entries[name].factory.partition(":")[0]
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} exists now")
+    (record,) = [s for s in available_strategies() if s.name == name]
+    assert not record.available
+    assert module in record.reason and f"phasetrace[{extra}]" in record.reason
+    with pytest.raises(StrategyUnavailableError, match=rf"phasetrace\[{extra}\]"):
+        get_executor(name)
+
+
+def test_pmap_is_rejected_with_the_reason():
+    with pytest.raises(StrategyRejectedError) as info:
+        get_executor("pmap")
+    message = str(info.value)
+    for phrase in ("maintenance mode", "GIL", "vmap", "loky", "record_traces_callback", "device"):
+        assert phrase in message
+    assert isinstance(info.value, ValueError)
+    (record,) = [s for s in available_strategies() if s.name == "pmap"]
+    assert not record.available and "rejected" in record.reason
+
+
+def test_unknown_option_lists_accepted_ones():
+    with pytest.raises(StrategyError, match="idle_timeout"):
+        get_executor("loky", n_workers=1, address="tcp://x")
+
+
+def test_available_strategies_starts_no_process():
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    infos = available_strategies()
+    after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert after <= before
+    names = [i.name for i in infos]
+    assert names == sorted(names)
+    by_name = {i.name: i for i in infos}
+    assert by_name["sequential"].available and by_name["sequential"].in_process
+    assert by_name["sequential"].default_n_workers == 1
+    assert by_name["loky"].available and by_name["loky"].in_process is False
+    assert by_name["spawn"].default_n_workers == available_cpus()
+
+
+def test_entry_point_plugins_are_found_on_first_unknown_lookup(monkeypatch, clean_registry):
+    ep = importlib.metadata.EntryPoint(
+        name="plugin-seq",
+        value="phasetrace.executors.sequential:SequentialExecutor",
+        group=registry.ENTRY_POINT_GROUP,
+    )
+
+    def fake_entry_points(group=None, **_):
+        return [ep] if group == registry.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
+    registry.reset_registry()
+    assert "plugin-seq" not in registry._entries
+    with get_executor("plugin-seq") as ex:
+        assert ex.map(T.square, work_items([5])) == [25]
+
+
+def test_capability_flags():
+    from phasetrace.executors.lokypool import LokyExecutor
+    from phasetrace.executors.sequential import SequentialExecutor
+    from phasetrace.executors.spawn import SpawnExecutor
+
+    assert SequentialExecutor.in_process and not SequentialExecutor.needs_picklable_fn
+    assert not LokyExecutor.in_process and LokyExecutor.reuses_pool
+    assert not LokyExecutor.needs_picklable_fn  # cloudpickle ships lambdas
+    assert SpawnExecutor.needs_picklable_fn and SpawnExecutor.reuses_pool
+    assert issubclass(LokyExecutor, Executor)
+
+
+def test_importing_executors_and_config_imports_no_heavy_dependency():
+    code = (
+        "import sys, phasetrace.executors, phasetrace.settings;"
+        "heavy = [m for m in ('loky', 'jax', 'dask', 'joblib', 'cloudpickle') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]"
+
+
+# -- chunking ----------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    costs=st.lists(st.sampled_from([0.0, 1e-6, 1e-4, 1e-3, 0.01, 0.1, 1.0]), max_size=80),
+    n_workers=st.integers(1, 8),
+)
+def test_chunks_partition_items_contiguously(costs, n_workers):
+    chunks = plan_chunks(costs, n_workers)
+    if not costs:
+        assert chunks == []
+        return
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(costs)
+    assert all(a < b for a, b in chunks)
+    assert all(chunks[i][1] == chunks[i + 1][0] for i in range(len(chunks) - 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 300), n_workers=st.integers(1, 8), cost=st.sampled_from([0.0, 1e-2]))
+def test_equal_units_give_every_worker_work(n, n_workers, cost):
+    chunks = plan_chunks([cost] * n, n_workers)
+    assert len(chunks) >= min(n, n_workers)
+
+
+def test_small_units_are_grouped_into_few_chunks():
+    assert len(plan_chunks([0.0] * 1000, 2)) == 8  # 4 chunks per worker
+    assert len(plan_chunks([1e-6] * 1000, 2)) == 2  # 1 ms of work: one chunk per worker
+    assert len(plan_chunks([1.0] * 10, 2)) == 10  # big units travel alone
+
+
+# -- auto --------------------------------------------------------------------------------
+
+
+def test_auto_runs_small_work_in_process_and_says_why(caplog):
+    with (
+        caplog.at_level(logging.DEBUG, logger="phasetrace.executors"),
+        get_executor("auto", n_workers=2) as ex,
+    ):
+        assert ex.map(T.getpid, work_items(range(5), costs=[1e-6] * 5)) == [os.getpid()] * 5
+        decision = ex.last_decision
+        assert decision.strategy == "sequential" and not decision.probed
+        assert "in-process" in decision.reason
+    assert any("auto: sequential" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_probes_unknown_costs():
+    with get_executor("auto", n_workers=2) as ex:
+        assert ex.map(T.square, work_items(range(50))) == [i * i for i in range(50)]
+        assert ex.last_decision.probed
+        assert ex.last_decision.strategy == "sequential"
+
+
+def test_auto_rules():
+    ex = AutoExecutor(n_workers=2, cold_start_s=0.5, warm_dispatch_s=0.002)
+    assert ex.decide([10.0]).strategy == "sequential"  # one unit
+    assert ex.decide([1.0, 1.0]).strategy == "loky"
+    assert ex.decide([1e-3] * 100).strategy == "sequential"  # 0.1 s < cold start
+    assert ex.decide([10.0, 0.01, 0.01]).strategy == "sequential"  # one unit is the work
+    assert AutoExecutor(n_workers=1).decide([1.0, 1.0]).strategy == "sequential"
+
+
+def test_auto_uses_loky_for_large_estimates_and_results_match():
+    with get_executor("auto", n_workers=2) as ex:
+        pids = ex.map(T.getpid, work_items(range(4), costs=[1.0] * 4))
+        assert ex.last_decision.strategy == "loky"
+        assert os.getpid() not in pids
+        assert ex.map(T.square, work_items(range(6), costs=[1.0] * 6)) == [i * i for i in range(6)]
+        assert ex.last_decision.pool_warm
+
+
+def test_work_items_helper():
+    items = work_items(["a", "b"], keys=["x", "y"], costs=[1, 2])
+    assert items == [WorkItem(0, "x", "a", 1.0), WorkItem(1, "y", "b", 2.0)]
+    with pytest.raises(ValueError, match="differ in length"):
+        work_items(["a"], keys=["x", "y"])
