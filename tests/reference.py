@@ -43,16 +43,16 @@ def dense_cross_moment(graph, theta, fi, fj) -> float:
     return float(alpha @ np.linalg.solve(-S, ri * Urj) + alpha @ np.linalg.solve(-S, rj * Uri))
 
 
-def exact_expectation(graph, theta=()) -> Fraction:
-    """``E[T] = α U 𝟙`` in exact rational arithmetic (Gauss–Jordan on Fractions).
+def _exact_system(graph, theta):
+    """``(alpha, A = −S, states)`` as Fractions, built from the edge rates themselves.
 
-    The matrix is built from the edge rates themselves: a float ``S`` would already have
-    lost the small rates in its diagonal ``−λ`` (the very cancellation GTH avoids).
+    A float ``S`` would already have lost the small rates in its diagonal ``−λ`` (the very
+    cancellation GTH avoids), so the exact reference starts from the rates.
     """
     verts = [v for v in graph.vertices() if not v.is_starting() and not v.is_absorbing()]
     pos = {v.index: i for i, v in enumerate(verts)}
     n = len(verts)
-    A = [[Fraction(0)] * n + [Fraction(1)] for _ in range(n)]
+    A = [[Fraction(0)] * n for _ in range(n)]
     for v in verts:
         i = pos[v.index]
         for e in v.edges():
@@ -64,16 +64,60 @@ def exact_expectation(graph, theta=()) -> Fraction:
     for e in graph.starting_vertex().edges():
         if e.to.index in pos:
             alpha[pos[e.to.index]] = Fraction(e.weight)
+    return alpha, A, [tuple(v.state().tolist()) for v in verts]
+
+
+def _lu(A):
+    """Doolittle LU with row pivoting on Fractions: returns (LU, perm)."""
+    n = len(A)
+    LU = [row[:] for row in A]
+    perm = list(range(n))
     for col in range(n):
-        piv = next(r for r in range(col, n) if A[r][col] != 0)
-        A[col], A[piv] = A[piv], A[col]
-        p = A[col][col]
-        A[col] = [x / p for x in A[col]]
-        for r in range(n):
-            if r != col and A[r][col] != 0:
-                f = A[r][col]
-                A[r] = [x - f * y for x, y in zip(A[r], A[col], strict=True)]
-    return sum((alpha[i] * A[i][n] for i in range(n)), Fraction(0))
+        piv = next(r for r in range(col, n) if LU[r][col] != 0)
+        LU[col], LU[piv] = LU[piv], LU[col]
+        perm[col], perm[piv] = perm[piv], perm[col]
+        p = LU[col][col]
+        for r in range(col + 1, n):
+            if LU[r][col] != 0:
+                f = LU[r][col] / p
+                LU[r][col] = f
+                row_r, row_c = LU[r], LU[col]
+                for c in range(col + 1, n):
+                    if row_c[c]:
+                        row_r[c] -= f * row_c[c]
+    return LU, perm
+
+
+def _solve(LU, perm, b):
+    n = len(LU)
+    y = [b[perm[i]] for i in range(n)]
+    for i in range(n):
+        y[i] -= sum((LU[i][j] * y[j] for j in range(i) if LU[i][j]), Fraction(0))
+    for i in range(n - 1, -1, -1):
+        y[i] = (
+            y[i] - sum((LU[i][j] * y[j] for j in range(i + 1, n) if LU[i][j]), Fraction(0))
+        ) / LU[i][i]
+    return y
+
+
+def exact_moments(graph, theta, k, reward_fn=None) -> list[Fraction]:
+    """The dense formula ``E[Y^j] = j!·α (U Δ(r))^j 𝟙`` in exact rational arithmetic."""
+    alpha, A, states = _exact_system(graph, theta)
+    LU, perm = _lu(A)
+    r = [Fraction(1) if reward_fn is None else Fraction(float(reward_fn(s))) for s in states]
+    v = [Fraction(1)] * len(states)
+    out = []
+    for j in range(1, k + 1):
+        v = _solve(LU, perm, [ri * vi for ri, vi in zip(r, v, strict=True)])
+        out.append(
+            math.factorial(j) * sum((a * x for a, x in zip(alpha, v, strict=True)), Fraction(0))
+        )
+    return out
+
+
+def exact_expectation(graph, theta=()) -> Fraction:
+    """``E[T] = α U 𝟙`` in exact rational arithmetic."""
+    return exact_moments(graph, theta, 1)[0]
 
 
 def rel_err(a, b) -> float:
