@@ -11,6 +11,9 @@ import threading
 import pytest
 
 from phasetrace import settings as cfg
+from phasetrace.errors import StrategyError, StrategyRejectedError, StrategyUnavailableError
+from phasetrace.executors import _testfns as T
+from phasetrace.executors import available_cpus, register_strategy, registry, work_items
 from phasetrace.settings import (
     UNSET,
     Settings,
@@ -22,9 +25,6 @@ from phasetrace.settings import (
     resolve,
     shutdown_executors,
 )
-from phasetrace.errors import StrategyError, StrategyRejectedError, StrategyUnavailableError
-from phasetrace.executors import _testfns as T
-from phasetrace.executors import available_cpus, register_strategy, registry, work_items
 
 
 @pytest.fixture(autouse=True)
@@ -73,10 +73,12 @@ def test_each_field_goes_through_every_layer(monkeypatch, tmp_path):
     configure(strategy="loky", cache_dir=tmp_path / "configured", timeout=5)
     s = resolve()
     assert (s.strategy, s.cache_dir, s.timeout) == ("loky", str(tmp_path / "configured"), 5.0)
-    with config(strategy="sequential", cache=False, progress=True, options={"b": 2, "a": 1}):
+    opts = {"min_chunk_seconds": 0.01, "idle_timeout": 5.0}
+    with config(strategy="spawn", cache=False, progress=True, options=opts):
         s = resolve(timeout=None)
-        assert (s.strategy, s.cache, s.progress, s.timeout) == ("sequential", False, True, None)
-        assert s.options == (("a", 1), ("b", 2)) and s.options_dict == {"a": 1, "b": 2}
+        assert (s.strategy, s.cache, s.progress, s.timeout) == ("spawn", False, True, None)
+        assert s.options == (("idle_timeout", 5.0), ("min_chunk_seconds", 0.01))
+        assert s.options_dict == opts
 
 
 def test_none_is_a_value_not_a_fall_through():
@@ -176,7 +178,7 @@ def test_bad_values_fail_at_configure_and_config_time(make):
         make(n_workers=-available_cpus() - 1)
     with pytest.raises(StrategyError, match="int or None"):
         make(n_workers="4")
-    with pytest.raises(TypeError, match="unknown setting 'workers'"):
+    with pytest.raises(TypeError, match="unknown setting 'workers'; settings are"):
         make(workers=2)
     with pytest.raises(TypeError, match="cache"):
         make(cache="yes")
@@ -242,8 +244,14 @@ def test_get_executor_for_reuses_and_shutdown_closes():
 def test_get_executor_for_passes_options():
     with config(strategy="spawn", n_workers=1, options={"idle_timeout": 5.0}):
         assert get_executor_for().idle_timeout == 5.0
-    with (
-        config(strategy="spawn", n_workers=1, options={"address": "x"}),
-        pytest.raises(StrategyError, match="idle_timeout"),
-    ):
-        get_executor_for()
+    with pytest.raises(TypeError, match=r"options of strategy 'spawn': .*idle_timeout"):
+        config(strategy="spawn", n_workers=1, options={"address": "x"})
+
+
+def test_unknown_keywords_are_strategy_options_checked_eagerly():
+    with config(strategy="spawn", idle_timeout=7.0):
+        assert get_settings().options_dict == {"idle_timeout": 7.0}
+    with pytest.raises(TypeError, match="unknown setting 'idle_timeot'"):
+        config(strategy="spawn", idle_timeot=7.0)
+    with config(strategy="spawn"), pytest.raises(TypeError, match="'adress'"):
+        config(adress="tcp://x")  # checked against the strategy in effect

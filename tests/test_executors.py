@@ -298,18 +298,6 @@ def test_missing_required_module_names_the_extra(clean_registry):
         get_executor("needs-missing")
 
 
-@pytest.mark.parametrize(("name", "extra"), [("dask", "dask"), ("joblib", "joblib")])
-def test_not_yet_written_strategies_report_unavailable(name, extra):
-    module = registry._entries[name].factory.partition(":")[0]
-    if importlib.util.find_spec(module) is not None:
-        pytest.skip(f"{module} exists now")
-    (record,) = [s for s in available_strategies() if s.name == name]
-    assert not record.available
-    assert module in record.reason and f"phasetrace[{extra}]" in record.reason
-    with pytest.raises(StrategyUnavailableError, match=rf"phasetrace\[{extra}\]"):
-        get_executor(name)
-
-
 def test_pmap_is_rejected_with_the_reason():
     with pytest.raises(StrategyRejectedError) as info:
         get_executor("pmap")

@@ -194,15 +194,68 @@ _CHECKS = {
 
 
 def _validated(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the given (not UNSET) settings; return them normalized."""
+    """Validate the given (not UNSET) settings; return them normalized.
+
+    Keywords that are not :class:`Settings` fields are strategy options
+    (``configure(strategy="dask", address=...)``); they are merged into ``options`` and,
+    when the strategy is named in the same call, checked against its factory's parameters.
+    """
     out = {}
+    extra = {}
     for name, value in settings.items():
-        if name not in _CHECKS:
-            raise TypeError(f"unknown setting {name!r}; settings are: {', '.join(_FIELDS)}")
         if value is UNSET:
             continue
-        out[name] = _CHECKS[name](value)
+        if name in _CHECKS:
+            out[name] = _CHECKS[name](value)
+        else:
+            extra[name] = value
+    if extra:
+        merged = {**dict(out.get("options", ())), **extra}
+        out["options"] = _check_options(merged)
+    if extra or ("strategy" in out and out.get("options")):
+        strategy = out.get("strategy") or _effective_strategy()
+        _check_option_names(strategy, dict(out.get("options", ())))
     return out
+
+
+def _effective_strategy() -> str:
+    for layer in (_block_layer.get(), _process_layer, _env_layer()):
+        if "strategy" in layer:
+            return layer["strategy"]
+    return _DEFAULTS.strategy
+
+
+def _accepted_options(strategy: str) -> set[str] | None:
+    """Option names the strategy's factory takes; None when it takes anything."""
+    import inspect
+
+    from phasetrace.executors.registry import get_strategy_factory
+
+    factory = get_strategy_factory(strategy)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a C callable: nothing to check against
+        return None
+    names = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        delegate = getattr(factory, "forwards_options_to", None)
+        if delegate is None:
+            return None
+        more = _accepted_options(delegate)
+        return None if more is None else names | more
+    return names - {"self", "n_workers"}
+
+
+def _check_option_names(strategy: str, options: Mapping[str, Any]) -> None:
+    """Refuse options the strategy does not take: a typo fails here, not at first use."""
+    accepted = _accepted_options(strategy)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        raise TypeError(
+            f"unknown setting {names}; settings are: {', '.join(_FIELDS)}; options of "
+            f"strategy {strategy!r}: {', '.join(sorted(accepted)) or 'none'}"
+        )
 
 
 # -- the layers ------------------------------------------------------------------------
@@ -246,7 +299,9 @@ def configure(**settings: Any) -> Settings:
     **settings
         Any of the :class:`Settings` fields: ``strategy``, ``n_workers``, ``cache``,
         ``cache_dir``, ``progress``, ``timeout``, ``options``. Fields not given keep
-        their configured value; ``UNSET`` removes a configured value.
+        their configured value; ``UNSET`` removes a configured value. Any other keyword
+        is a strategy option (``configure(strategy="dask", address="tcp://…")`` is
+        ``configure(strategy="dask", options={"address": "tcp://…"})``).
 
     Returns
     -------

@@ -111,6 +111,9 @@ class AutoExecutor(Executor):
     needs_picklable_fn = False
     reuses_pool = True
 
+    #: Extra keyword options go to the loky executor (used to validate option names).
+    forwards_options_to = "loky"
+
     def __init__(
         self,
         n_workers: int | None = None,
