@@ -8,7 +8,6 @@ Nothing heavy is imported here: no JAX, Dask or joblib.
 """
 
 from . import models
-from .settings import Settings, config, configure, get_settings, shutdown_executors
 from .errors import (
     ExecutorClosedError,
     ExecutorTimeoutError,
@@ -27,6 +26,7 @@ from .executors import available_strategies, get_executor, register_strategy
 from .graph import Edge, Graph, Vertex
 from .pipeline import RunStats, compute_trace, compute_traces, last_run_stats
 from .record import record_trace
+from .settings import Settings, config, configure, get_settings, shutdown_executors
 from .trace import Trace
 
 __version__ = "0.1.0"

@@ -31,10 +31,10 @@ import numpy as np
 
 from . import _work
 from .cache import TraceCache, default_cache_dir
-from .settings import UNSET, Settings, get_executor_for, resolve
 from .executors.base import WorkItem
 from .graph import Graph
 from .scc import Decomposition, WorkUnit, decompose
+from .settings import UNSET, Settings, get_executor_for, resolve
 from .trace import Trace, stitch
 
 logger = logging.getLogger("phasetrace.pipeline")
