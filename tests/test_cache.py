@@ -520,8 +520,8 @@ def _raise(exc: OSError):
 WRITE_FAILURES = {
     "read-only-mkstemp": ("mkstemp", PermissionError(errno.EACCES, "Permission denied")),
     "erofs-mkstemp": ("mkstemp", OSError(errno.EROFS, "Read-only file system")),
-    "enospc-fsync": ("fsync", OSError(errno.ENOSPC, "No space left on device")),
-    "edquot-fsync": ("fsync", OSError(getattr(errno, "EDQUOT", 122), "Disk quota exceeded")),
+    "enospc-write": ("fdopen", OSError(errno.ENOSPC, "No space left on device")),
+    "edquot-write": ("fdopen", OSError(getattr(errno, "EDQUOT", 122), "Disk quota exceeded")),
     "eio-replace": ("replace", OSError(errno.EIO, "Input/output error")),
 }
 
@@ -552,7 +552,7 @@ def test_write_failure_disables_writing_once(
 
 
 def test_disabled_state_is_per_instance(disk: DiskCache, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_mod.os, "fsync", _raise(OSError(errno.ENOSPC, "full")))
+    monkeypatch.setattr(cache_mod.os, "fdopen", _raise(OSError(errno.ENOSPC, "full")))
     with pytest.warns(CacheWarning):
         disk.put(key_of(0), sample())
     other = DiskCache(disk.directory)

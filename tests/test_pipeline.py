@@ -218,3 +218,22 @@ def test_default_hierarchical_rule_still_matches_record_trace():
     assert last_run_stats().units == 31  # 30 SCC units + the start
     assert trace.digest() == pt.record_trace(g).digest()
     assert np.isfinite(trace.expectation([1.0, 1.0]))
+
+
+def test_graph_changed_after_a_call_is_decomposed_again():
+    """The per-graph plan memo must never serve a stale decomposition."""
+    g = pt.Graph(state_length=1)
+    a, b, c = (g.find_or_create_vertex([k]) for k in (1, 2, 3))
+    g.starting_vertex().add_edge(a, 1.0)
+    a.add_edge(b, 2.0)
+    b.add_edge(c, 1.0)
+    first = compute_trace(g, strategy="sequential", cache=False)
+    b.add_edge(a, 5.0)  # a new cycle: same vertices, different trace
+    second = compute_trace(g, strategy="sequential", cache=False)
+    assert second.digest() != first.digest()
+    assert second.digest() == pt.record_trace(g).digest()
+    d = g.find_or_create_vertex([4])  # a new vertex alone also changes the graph
+    c.add_edge(d, 1.0)
+    assert (
+        compute_trace(g, strategy="sequential", cache=False).digest() == pt.record_trace(g).digest()
+    )

@@ -165,6 +165,9 @@ class Graph:
         self._states: list[tuple[int, ...]] = [start]
         self._index: dict[tuple[int, ...], int] = {start: 0}
         self._out: list[dict[int, _EdgeData]] = [{}]
+        # Bumped by every change, so derived data (the pipeline's decomposition) can be
+        # reused while the graph is unchanged.
+        self._version = 0
 
     # -- construction -------------------------------------------------------------------
     def starting_vertex(self) -> Vertex:
@@ -191,6 +194,7 @@ class Graph:
         i = self._index.get(key)
         if i is None:
             i = len(self._states)
+            self._version += 1
             self._states.append(key)
             self._index[key] = i
             self._out.append({})
@@ -240,6 +244,7 @@ class Graph:
         if coefs is None and base <= 0.0:
             raise InvalidGraphError(f"{where}: weight {base!r} must be > 0")
         self._out[src][dst] = (base, coefs)
+        self._version += 1
 
     def _check_coefficients(self, where: str, src: int, coefficients) -> tuple[float, ...]:
         if src == 0:

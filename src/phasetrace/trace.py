@@ -56,13 +56,15 @@ class Trace:
     [1.5, 3.388889]
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    def __init__(self, arrays: dict[str, np.ndarray], *, _copy: bool = True):
         missing = set(TRACE_ARRAYS) - set(arrays)
         if missing:
             raise TraceFormatError(f"trace arrays missing: {sorted(missing)}")
         self.arrays: dict[str, np.ndarray] = {}
         for name, dt in TRACE_ARRAYS.items():
-            arr = np.array(arrays[name], dtype=dt, order="C", copy=True)
+            # Copy what callers hand in (they may mutate it later); stitch passes arrays it
+            # has just built and nobody else holds (_copy=False).
+            arr = np.array(arrays[name], dtype=dt, order="C", copy=True if _copy else None)
             arr.flags.writeable = False
             self.arrays[name] = arr
         self._plan = None
@@ -305,5 +307,5 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
         kinds[0] = VERTEX_START
     arrays["vertex_kind"] = kinds
     arrays["n_params"] = np.array(d.n_params)
-    arrays["states"] = d.states
-    return Trace(arrays)
+    arrays["states"] = d.states.copy()
+    return Trace(arrays, _copy=False)
