@@ -38,7 +38,7 @@ from phasetrace.errors import (
     WorkerCrashedError,
 )
 from phasetrace.executors import _worker
-from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem, check_items
+from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem
 
 logger = logging.getLogger("phasetrace.executors")
 
@@ -197,11 +197,6 @@ def exit_description(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-
-
 class PooledExecutor(Executor):
     """Base of the strategies that run units on a pool of local worker processes.
 
@@ -300,9 +295,7 @@ class PooledExecutor(Executor):
         *,
         timeout: float | None = None,
     ) -> list:
-        self._check_open()
-        items = check_items(items)
-        _check_timeout(timeout)
+        items = self._start_map(fn, items, timeout)
         if not items:
             return []
         if _worker.IN_WORKER:
@@ -327,8 +320,6 @@ class PooledExecutor(Executor):
     map.__doc__ = Executor.map.__doc__
 
     def _check_fn(self, fn: Callable[[Any], Any]) -> None:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if self.needs_picklable_fn and getattr(fn, "__module__", None) == "__main__":
             raise SerializationError(
                 f"fn {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which "

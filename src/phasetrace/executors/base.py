@@ -185,6 +185,12 @@ def work_items(
     ]
 
 
+def check_timeout(timeout: float | None) -> None:
+    """Refuse a ``timeout`` that is not a positive number of seconds or None."""
+    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+
+
 def check_items(items: Sequence[WorkItem] | Iterable[WorkItem]) -> list[WorkItem]:
     """Return ``items`` as a list, raising ``TypeError`` for anything that is not a WorkItem."""
     items = list(items)
@@ -285,6 +291,17 @@ class Executor:
     def _check_open(self) -> None:
         if self._closed:
             raise ExecutorClosedError(f"the {self.name!r} executor was used after close()")
+
+    def _start_map(
+        self, fn: Callable[[Any], Any], items: Iterable[WorkItem], timeout: float | None
+    ) -> list[WorkItem]:
+        """The checks every pooled ``map`` starts with; returns the items as a list."""
+        self._check_open()
+        items = check_items(items)
+        check_timeout(timeout)
+        if items and not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        return items
 
     def __enter__(self):
         return self

@@ -72,8 +72,8 @@ from phasetrace.errors import (
     WorkerCrashedError,
 )
 from phasetrace.executors import _worker
-from phasetrace.executors._pool import CHUNKS_PER_WORKER, _check_timeout, plan_chunks
-from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem, check_items
+from phasetrace.executors._pool import CHUNKS_PER_WORKER, plan_chunks
+from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem
 
 logger = logging.getLogger("phasetrace.executors")
 
@@ -598,13 +598,9 @@ class DaskExecutor(Executor):
         *,
         timeout: float | None = None,
     ) -> list:
-        self._check_open()
-        items = check_items(items)
-        _check_timeout(timeout)
+        items = self._start_map(fn, items, timeout)
         if not items:
             return []
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         deadline = None if timeout is None else time.monotonic() + timeout
         dumps = choose_dumps(fn)
         with self._lock:

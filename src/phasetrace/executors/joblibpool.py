@@ -39,11 +39,10 @@ from phasetrace.executors import _worker
 from phasetrace.executors._pool import (
     CHUNKS_PER_WORKER,
     MIN_CHUNK_SECONDS,
-    _check_timeout,
     _ProgressFile,
     plan_chunks,
 )
-from phasetrace.executors.base import Executor, WorkItem, check_items
+from phasetrace.executors.base import Executor, WorkItem
 from phasetrace.executors.daskpool import choose_dumps, decode_outcomes, pack_chunk
 
 
@@ -126,13 +125,9 @@ class JoblibExecutor(Executor):
         *,
         timeout: float | None = None,
     ) -> list:
-        self._check_open()
-        items = check_items(items)
-        _check_timeout(timeout)
+        items = self._start_map(fn, items, timeout)
         if not items:
             return []
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         from joblib import Parallel, delayed, effective_n_jobs
         from joblib.parallel import get_active_backend
 

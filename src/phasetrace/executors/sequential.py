@@ -14,7 +14,7 @@ from typing import Any
 
 from phasetrace.errors import ExecutorTimeoutError, UnitFailedError
 from phasetrace.executors._worker import _format_tb, _safe_str, exc_type_name
-from phasetrace.executors.base import Executor, WorkItem, check_items
+from phasetrace.executors.base import Executor, WorkItem
 
 
 class SequentialExecutor(Executor):
@@ -58,12 +58,7 @@ class SequentialExecutor(Executor):
         *,
         timeout: float | None = None,
     ) -> list:
-        self._check_open()
-        items = check_items(items)
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise ValueError(
-                f"timeout must be a positive number of seconds or None, got {timeout!r}"
-            )
+        items = self._start_map(fn, items, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         out = []
         for i, item in enumerate(items):
