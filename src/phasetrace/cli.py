@@ -594,7 +594,9 @@ def _strategy_row(info: Any, current: str) -> tuple[str, str, str, str, str]:
     if not info.available:
         status = "rejected" if info.reason.startswith("rejected") else "unavailable"
         return name, status, "-", "-", note
-    where = "this process" if info.in_process else "worker processes"
+    where = {True: "this process", False: "worker processes"}.get(
+        info.in_process, "chosen per call"
+    )
     workers = str(info.default_n_workers) if info.default_n_workers else "-"
     return name, "available", where, workers, note
 

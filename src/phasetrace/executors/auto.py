@@ -107,7 +107,7 @@ class AutoExecutor(Executor):
     """
 
     name = "auto"
-    in_process = False
+    in_process = None  # decided per call: here, or on the loky pool
     needs_picklable_fn = False
     reuses_pool = True
 

@@ -70,7 +70,8 @@ class StrategyInfo:
     reason : str
         Why it is unavailable (with the install hint), or ``""``.
     in_process : bool or None
-        Whether units run in the calling process (None when the strategy cannot load).
+        Whether units run in the calling process (None when the strategy decides per call,
+        as ``auto`` does, or cannot load).
     default_n_workers : int or None
         Workers used for ``n_workers=None`` on this machine (None when it cannot load).
     """
