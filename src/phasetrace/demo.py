@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     e = trace.expectation(thetas)
     t4 = time.perf_counter()
     print(
-        f"  E[T] for 1000 thetas: {t4 - t3:.3f} s ({(t4 - t3) * 1e3:.3f} ms per 1000, "
+        f"  E[T] for 1000 thetas: {t4 - t3:.3f} s ({(t4 - t3):.3f} ms per theta, "
         f"range {e.min():.4g} .. {e.max():.4g})"
     )
 
