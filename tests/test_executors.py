@@ -398,6 +398,8 @@ def test_small_units_are_grouped_into_few_chunks():
     assert len(plan_chunks([0.0] * 1000, 2)) == 8  # 4 chunks per worker
     assert len(plan_chunks([1e-6] * 1000, 2)) == 2  # 1 ms of work: one chunk per worker
     assert len(plan_chunks([1.0] * 10, 2)) == 10  # big units travel alone
+    assert len(plan_chunks([0.1] * 20, 2)) == 20  # 100 ms already amortises a round trip
+    assert len(plan_chunks([0.01] * 100, 2)) == 10  # chunks of at most ~0.1 s
 
 
 # -- auto --------------------------------------------------------------------------------
