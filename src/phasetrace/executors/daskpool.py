@@ -53,7 +53,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import pickle
 import queue
 import re
 import signal
@@ -72,7 +71,13 @@ from phasetrace.errors import (
     WorkerCrashedError,
 )
 from phasetrace.executors import _worker
-from phasetrace.executors._pool import CHUNKS_PER_WORKER, plan_chunks
+from phasetrace.executors._pool import (
+    CHUNKS_PER_WORKER,
+    _pickle_dumps,
+    choose_dumps,
+    decode_outcomes,
+    plan_chunks,
+)
 from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem
 
 logger = logging.getLogger("phasetrace.executors")
@@ -97,91 +102,6 @@ class SchedulerUnreachableError(PhasetraceError, ConnectionError):
 
     Derives from :class:`ConnectionError`, so generic network error handlers catch it.
     """
-
-
-# --------------------------------------------------------------------------------------
-# Outcome decoding (shared with the joblib strategy)
-# --------------------------------------------------------------------------------------
-
-
-def decode_outcomes(data: bytes, items: Sequence[WorkItem]) -> list[tuple[bool, Any]]:
-    """Decode the bytes :func:`~phasetrace.executors._worker.run_pickled_chunk` returned.
-
-    Parameters
-    ----------
-    data : bytes
-        The pickled chunk outcome.
-    items : sequence of WorkItem
-        The chunk's items, in the order they were packed.
-
-    Returns
-    -------
-    list of (bool, object)
-        Per item ``(True, result)`` or ``(False, error)``, where ``error`` is the
-        :class:`~phasetrace.errors.UnitFailedError` or
-        :class:`~phasetrace.errors.SerializationError` to raise for it (its
-        ``__cause__`` is the worker traceback).
-
-    Examples
-    --------
-    >>> from phasetrace.executors import work_items
-    >>> from phasetrace.executors._worker import run_pickled_chunk
-    >>> blob = pickle.dumps((abs, [("a", -1), ("b", "x")]))
-    >>> [ok for ok, _ in decode_outcomes(run_pickled_chunk(blob), work_items([-1, "x"]))]
-    [True, False]
-    """
-    status, *rest = pickle.loads(data)
-    if status == _worker.CHUNK_LOAD_FAILED:
-        exc_type, message, tb = rest
-        keys = ", ".join(it.key for it in items[:3]) + (", …" if len(items) > 3 else "")
-        err = SerializationError(
-            f"a worker could not unpickle the work of units {keys} ({exc_type}: {message}); "
-            "the function and any classes in payloads must be importable on the workers "
-            "(installed there, defined in a module rather than in __main__ or a notebook)",
-            what="chunk",
-            key=items[0].key,
-        )
-        err.__cause__ = RemoteTraceback(tb)
-        return [(False, err)] * len(items)
-    (outcomes,) = rest
-    out: list[tuple[bool, Any]] = []
-    for item, outcome in zip(items, outcomes, strict=True):
-        if outcome[0] == _worker.OK:
-            out.append((True, outcome[1]))
-            continue
-        code, exc_type, message, tb = outcome
-        if code == _worker.UNPICKLABLE_RESULT:
-            err = SerializationError(
-                f"the result of unit {item.key} cannot be pickled to send it back "
-                f"({exc_type}: {message}); work functions must return plain data",
-                what="result",
-                key=item.key,
-            )
-        else:
-            err = UnitFailedError(item.key, exc_type, message, tb)
-        err.__cause__ = RemoteTraceback(tb)
-        out.append((False, err))
-    return out
-
-
-def choose_dumps(fn: Callable[[Any], Any]) -> Callable[[Any], bytes]:
-    """Plain pickle when ``fn`` pickles by reference; cloudpickle for ``__main__``, lambdas.
-
-    Examples
-    --------
-    >>> choose_dumps(abs) is _pickle_dumps
-    True
-    """
-    if getattr(fn, "__module__", None) != "__main__":
-        try:
-            pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
-        else:
-            return _pickle_dumps
-    import cloudpickle
-
-    return cloudpickle.dumps
 
 
 def pack_chunk(
@@ -223,10 +143,6 @@ def pack_chunk(
         raise SerializationError(
             f"a chunk of work cannot be pickled ({type(exc).__name__}: {exc})", what="chunk"
         ) from exc
-
-
-def _pickle_dumps(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # --------------------------------------------------------------------------------------

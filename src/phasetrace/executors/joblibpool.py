@@ -40,10 +40,12 @@ from phasetrace.executors._pool import (
     CHUNKS_PER_WORKER,
     MIN_CHUNK_SECONDS,
     _ProgressFile,
+    choose_dumps,
+    decode_outcomes,
     plan_chunks,
 )
 from phasetrace.executors.base import Executor, WorkItem
-from phasetrace.executors.daskpool import choose_dumps, decode_outcomes, pack_chunk
+from phasetrace.executors.daskpool import pack_chunk
 
 
 class JoblibExecutor(Executor):

@@ -22,7 +22,6 @@ loky is imported on first use, not when this module is imported.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import threading
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from phasetrace.executors._pool import (
     MIN_CHUNK_SECONDS,
     WATCH_INTERVAL,
     PooledExecutor,
-    _pickle_dumps,
+    choose_dumps,
     kill_processes,
     logger,
 )
@@ -173,18 +172,8 @@ class LokyExecutor(PooledExecutor):
             _release(old)
 
     def _choose_dumps(self, fn: Callable[[Any], Any]) -> Callable[[Any], bytes]:
-        # Plain pickle is faster; cloudpickle is needed for what pickle sends by a
-        # reference the worker cannot resolve: __main__ functions, lambdas, closures.
-        if getattr(fn, "__module__", None) != "__main__":
-            try:
-                pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                pass
-            else:
-                return _pickle_dumps
-        import cloudpickle
-
-        return cloudpickle.dumps
+        # loky ships lambdas and __main__ functions too (cloudpickle when pickle can't).
+        return choose_dumps(fn)
 
     def _pool_processes(self, pool: Any) -> dict[int, Any]:
         return dict(pool._processes or {})
