@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 
 import phasetrace as pt
-from phasetrace.evaluate import Plan
 from phasetrace.jax import moments_fn
+from phasetrace.kernel import CompiledTrace
 
 K = 2
 
@@ -79,7 +79,7 @@ def bench_one(n: int, batch: int, reps: int) -> dict:
     row = {"n": n, "ops": trace.n_ops, "record_s": t_record, "batch": batch}
 
     # numpy
-    _, row["np_setup_s"] = timed(lambda: Plan(trace))
+    _, row["np_setup_s"] = timed(lambda: CompiledTrace(trace))
     trace.moments(thetas[:2], k=K)  # builds and caches the plan
     row["np_eval_s"] = best(lambda: trace.moments(thetas, k=K), reps)
     h = 1e-6

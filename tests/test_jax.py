@@ -1,10 +1,11 @@
 """JAX evaluation (``phasetrace.jax``) against the numpy evaluator and an unrolled reference.
 
-Results must equal ``Trace.moments`` to 1e-12 relative; gradients must equal central
-finite differences of the numpy evaluator to 1e-6 and ``jax.grad`` of a direct jnp
-implementation (one jnp operation per recorded op, written below from the trace arrays)
-to 1e-10, for both gradient modes. JAX's global ``jax_enable_x64`` stays off here except
-inside ``jax.enable_x64`` blocks, as a user would have it.
+Results must equal ``Trace.moments`` to 1e-12 relative (bitwise for the kernel method);
+gradients must equal central finite differences of the numpy evaluator to 1e-6 and
+``jax.grad`` of a direct jnp implementation (one jnp operation per recorded op, written
+below from the trace arrays) to 1e-10, for the kernel method and both gradient modes of
+the native method. JAX's global ``jax_enable_x64`` stays off here except inside
+``jax.enable_x64`` blocks, as a user would have it.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import phasetrace as pt  # noqa: E402
-from phasetrace.elimination import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY  # noqa: E402
 from phasetrace.errors import InvalidParameterError  # noqa: E402
 from phasetrace.jax import moments_fn  # noqa: E402
+from phasetrace.ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY  # noqa: E402
 from strategies import cyclic_graphs, thetas  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 MODES = ("forward", "reverse")
+#: (method, gradient) pairs: the kernel, and the native lowering in both gradient modes.
+VARIANTS = [("kernel", "auto"), ("native", "forward"), ("native", "reverse")]
+VARIANT_IDS = ["kernel", "native-forward", "native-reverse"]
 
 
 def rel_err(got, want) -> float:
@@ -56,7 +60,7 @@ def theta_for(trace, rng, batch=None):
 
 # -- the unrolled reference: one jnp operation per recorded op -----------------------------
 def unrolled_moments(trace, theta, k, rewards=None):
-    """``E[Y^p]``, p = 1..k, straight from the trace arrays (``elimination.md`` §4)."""
+    """``E[Y^p]``, p = 1..k, straight from the trace arrays (the block schedule)."""
     a = trace.arrays
     code, A, B, C = (a[n].tolist() for n in ("code", "a", "b", "c"))
     vals = []
@@ -85,44 +89,74 @@ def unrolled_moments(trace, theta, k, rewards=None):
     kind = a["vertex_kind"].tolist()
     sigma = [vals[s] if s >= 0 else 1.0 for s in a["sigma"].tolist()]
     r = np.ones(n) if rewards is None else trace.rewards_from(rewards)
+    unit_ptr, unit_xptr = a["unit_ptr"].tolist(), a["unit_xptr"].tolist()
     ptr, dst, slot = a["row_ptr"].tolist(), a["row_dst"].tolist(), a["row_slot"].tolist()
+    eptr, edst, eslot = a["exit_ptr"].tolist(), a["exit_dst"].tolist(), a["exit_slot"].tolist()
     xprog = list(zip(*(a[n].tolist() for n in ("x_kind", "x_u", "x_v", "x_coef")), strict=True))
     start = kind.index(0)
     z = [1.0] * n
     out = []
     for p in range(1, k + 1):
         x = [r[v] * z[v] if kind[v] == 1 else 0.0 for v in range(n)]
-        for kd, u, v, s in xprog:
-            if kd == X_AXPY:
-                x[u] = x[u] + vals[s] * x[v]
-            else:
-                x[u] = x[u] / vals[s]
-        for v in range(n - 1, -1, -1):
-            if ptr[v + 1] > ptr[v]:
-                acc = 0.0
-                for e in range(ptr[v], ptr[v + 1]):
-                    acc = acc + vals[slot[e]] * x[dst[e]]
-                x[v] = x[v] + acc / sigma[v]
+        for unit in range(len(unit_ptr) - 2, -1, -1):  # sinks first
+            first, last = unit_ptr[unit], unit_ptr[unit + 1]
+            for v in range(first, last):
+                for e in range(eptr[v], eptr[v + 1]):
+                    x[v] = x[v] + vals[eslot[e]] * x[edst[e]]
+            for kd, u, v, s in xprog[unit_xptr[unit] : unit_xptr[unit + 1]]:
+                if kd == X_AXPY:
+                    x[u] = x[u] + vals[s] * x[v]
+                else:
+                    x[u] = x[u] / vals[s]
+            for v in range(last - 1, first - 1, -1):
+                if ptr[v + 1] > ptr[v]:
+                    acc = 0.0
+                    for e in range(ptr[v], ptr[v + 1]):
+                        acc = acc + vals[slot[e]] * x[dst[e]]
+                    x[v] = x[v] + acc / sigma[v]
         out.append(math.factorial(p) * x[start])
         z = x
     return jnp.stack([jnp.asarray(o) for o in out])
 
 
 # -- values ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["kernel", "native"])
 @pytest.mark.parametrize("name", ["two_island(5)", "two_island(8)", "kingman(6)"])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("rewards", [None, reward], ids=["T", "Y"])
-def test_values_equal_numpy(traces, name, k, rewards):
+def test_values_equal_numpy(traces, name, k, rewards, method):
     trace = traces[name]
     rng = np.random.default_rng(k)
     theta, batch = theta_for(trace, rng), theta_for(trace, rng, batch=5)
-    f = moments_fn(trace, k=k, rewards=rewards)
-    g = moments_fn(trace, k=k, rewards=rewards, batched=True, chunk=2)  # 3 chunks, 1 padded
+    f = moments_fn(trace, k=k, rewards=rewards, method=method)
+    g = moments_fn(trace, k=k, rewards=rewards, batched=True, chunk=2, method=method)
     want = trace.moments(theta, k=k, rewards=rewards)
     got = f(theta)
     assert got.shape == (k,) and got.dtype == jnp.float64
     assert rel_err(got, want) <= 1e-12
     assert rel_err(g(batch), trace.moments(batch, k=k, rewards=rewards)) <= 1e-12
+    if method == "kernel":  # the same kernel: bitwise
+        assert np.array_equal(got, want)
+        with jax.enable_x64(True):
+            assert np.array_equal(jax.jit(jax.vmap(f))(batch), trace.moments(batch, k, rewards))
+
+
+def test_several_reward_vectors_in_one_function(traces):
+    trace = traces["kingman(6)"]
+    sfs = [lambda s, i=i: s[i] for i in range(5)]  # branch lengths subtending i + 1 samples
+    f = moments_fn(trace, k=2, rewards=sfs)
+    theta = np.array([1.0])
+    got = np.asarray(f(theta))  # numpy: outside x64, JAX would compute in float32
+    assert got.shape == (5, 2)
+    want = np.stack([trace.moments(theta, k=2, rewards=r) for r in sfs])
+    assert np.array_equal(got, want)
+    assert rel_err(got[:, 0], [2 / (i + 1) for i in range(5)]) <= 1e-12  # E = 2/i
+    with jax.enable_x64(True):
+        jac = jax.jacrev(f)(theta)
+    assert jac.shape == (5, 2, 1)
+    assert rel_err(jac[:, 0, 0], -got[:, 0] / theta[0]) <= 1e-12  # E ∝ 1/θ
+    with pytest.raises(InvalidParameterError, match="one reward vector"):
+        moments_fn(trace, k=2, rewards=sfs, method="native")
 
 
 def test_known_values():
@@ -142,21 +176,22 @@ def test_known_values():
 )
 def test_values_equal_numpy_on_random_cyclic_graphs(graph, theta, batch):
     trace = pt.record_trace(graph)
-    f = moments_fn(trace, k=3, rewards=reward)
     theta, batch = np.array(theta), np.array(batch)
-    assert rel_err(f(theta), trace.moments(theta, k=3, rewards=reward)) <= 1e-12
-    got = jax.vmap(f)(batch)  # routed to the batched code
-    assert rel_err(got, trace.moments(batch, k=3, rewards=reward)) <= 1e-12
+    for method in ("kernel", "native"):
+        f = moments_fn(trace, k=3, rewards=reward, method=method)
+        assert rel_err(f(theta), trace.moments(theta, k=3, rewards=reward)) <= 1e-12
+        got = jax.vmap(f)(batch)  # one kernel call, or the native batched code
+        assert rel_err(got, trace.moments(batch, k=3, rewards=reward)) <= 1e-12
 
 
 # -- transformations --------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", MODES)
-def test_jit_vmap_grad_compose(traces, mode):
+@pytest.mark.parametrize(("method", "mode"), VARIANTS, ids=VARIANT_IDS)
+def test_jit_vmap_grad_compose(traces, method, mode):
     trace = traces["two_island(5)"]
     rng = np.random.default_rng(1)
     batch = theta_for(trace, rng, batch=6)
-    f = moments_fn(trace, k=2, gradient=mode)
-    g = moments_fn(trace, k=2, batched=True, chunk=4, gradient=mode)
+    f = moments_fn(trace, k=2, gradient=mode, method=method)
+    g = moments_fn(trace, k=2, batched=True, chunk=4, gradient=mode, method=method)
     with jax.enable_x64(True):
         want = trace.moments(batch, k=2)
         assert rel_err(jax.jit(f)(batch[0]), want[0]) <= 1e-12
@@ -182,12 +217,12 @@ def test_jit_vmap_grad_compose(traces, mode):
         assert rel_err(rows, ws @ jac) <= 1e-12
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("method", "mode"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("name", ["two_island(5)", "kingman(6)"])
-def test_gradient_equals_central_differences(traces, name, mode):
+def test_gradient_equals_central_differences(traces, name, method, mode):
     trace = traces[name]
     theta = theta_for(trace, np.random.default_rng(2))
-    f = moments_fn(trace, k=3, rewards=reward, gradient=mode)
+    f = moments_fn(trace, k=3, rewards=reward, gradient=mode, method=method)
     with jax.enable_x64(True):
         jac = np.asarray(jax.jacrev(f)(theta))
     h = 1e-5 * np.maximum(np.abs(theta), 1.0)
@@ -211,19 +246,19 @@ def test_gradient_equals_unrolled_reference(graph):
     with jax.enable_x64(True):
         ref = jax.jit(lambda t: unrolled_moments(trace, t, 2, reward))
         want, want_jac = ref(theta), jax.jacfwd(ref)(theta)
-        for mode in MODES:
-            f = moments_fn(trace, k=2, rewards=reward, gradient=mode)
+        for method, mode in VARIANTS:
+            f = moments_fn(trace, k=2, rewards=reward, gradient=mode, method=method)
             assert rel_err(f(theta), want) <= 1e-12
             assert rel_err(jax.jacrev(f)(theta), want_jac) <= 1e-10
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_batched_gradient_rows_are_per_theta(traces, mode):
+@pytest.mark.parametrize(("method", "mode"), VARIANTS, ids=VARIANT_IDS)
+def test_batched_gradient_rows_are_per_theta(traces, method, mode):
     trace = traces["two_island(8)"]
     batch = theta_for(trace, np.random.default_rng(4), batch=7)
     w = jnp.array([1.0, 0.25])
-    g = moments_fn(trace, k=2, batched=True, chunk=3, gradient=mode)
-    f = moments_fn(trace, k=2, gradient=mode)
+    g = moments_fn(trace, k=2, batched=True, chunk=3, gradient=mode, method=method)
+    f = moments_fn(trace, k=2, gradient=mode, method=method)
     with jax.enable_x64(True):
         got = jax.grad(lambda t: (g(t) * w).sum())(batch)
         assert got.shape == batch.shape
@@ -232,21 +267,23 @@ def test_batched_gradient_rows_are_per_theta(traces, mode):
             assert rel_err(got[i], grad_one(batch[i])) <= 1e-12
 
 
-def test_batch_shapes_and_chunking(traces):
+@pytest.mark.parametrize("method", ["kernel", "native"])
+def test_batch_shapes_and_chunking(traces, method):
     trace = traces["two_island(5)"]
     rng = np.random.default_rng(5)
-    g = moments_fn(trace, k=2, batched=True, chunk=4)
+    g = moments_fn(trace, k=2, batched=True, chunk=4, method=method)
     for B in (1, 4, 9):
         batch = theta_for(trace, rng, batch=B)
         out = g(batch)
         assert out.shape == (B, 2)
         assert rel_err(out, trace.moments(batch, k=2)) <= 1e-12
-    default = moments_fn(trace, k=2, batched=True)  # automatic chunk size
+    default = moments_fn(trace, k=2, batched=True, method=method)  # automatic chunk size
     batch = theta_for(trace, rng, batch=300)
     assert rel_err(default(batch), trace.moments(batch, k=2)) <= 1e-12
 
 
-def test_edge_cases():
+@pytest.mark.parametrize("method", ["kernel", "native"])
+def test_edge_cases(method):
     """No parameters, zero rewards, an empty batch, a one-state-per-step chain."""
     g = pt.Graph(state_length=1, n_params=0)
     a, b, c = (g.find_or_create_vertex([i]) for i in (1, 2, 3))
@@ -255,15 +292,15 @@ def test_edge_cases():
     b.add_edge(a, 1.0)
     b.add_edge(c, 3.0)
     trace = pt.record_trace(g)
-    f = moments_fn(trace, k=2)
+    f = moments_fn(trace, k=2, method=method)
     assert rel_err(f(np.zeros(0)), trace.moments(np.zeros(0), k=2)) <= 1e-14
     assert jax.grad(lambda t: f(t)[0])(jnp.zeros(0)).shape == (0,)
     two = pt.record_trace(pt.models.two_island(4))
-    zero = moments_fn(two, k=2, rewards=np.zeros(two.n_vertices))
+    zero = moments_fn(two, k=2, rewards=np.zeros(two.n_vertices), method=method)
     assert np.array_equal(zero(np.array([1.0, 0.5])), [0.0, 0.0])
-    assert moments_fn(two, k=2, batched=True)(np.zeros((0, 2))).shape == (0, 2)
+    assert moments_fn(two, k=2, batched=True, method=method)(np.zeros((0, 2))).shape == (0, 2)
     k2 = pt.record_trace(pt.models.kingman(2))
-    assert rel_err(moments_fn(k2, k=3)(np.array([1.0])), [1.0, 2.0, 6.0]) <= 1e-15
+    assert rel_err(moments_fn(k2, k=3, method=method)(np.array([1.0])), [1.0, 2.0, 6.0]) <= 1e-15
 
 
 # -- invalid input ----------------------------------------------------------------------------
@@ -281,10 +318,11 @@ def test_wrong_shape_raises_at_call_and_trace_time(traces):
             g(bad)
 
 
-def test_nonpositive_rate_raises_eagerly_and_gives_nan_under_jit(traces):
+@pytest.mark.parametrize("method", ["kernel", "native"])
+def test_nonpositive_rate_raises_eagerly_and_gives_nan_under_jit(traces, method):
     trace = traces["two_island(5)"]
-    f = moments_fn(trace, k=2)
-    g = moments_fn(trace, k=2, batched=True)
+    f = moments_fn(trace, k=2, method=method)
+    g = moments_fn(trace, k=2, batched=True, method=method)
     bad = np.array([1.0, -0.5])  # migration rate < 0
     with pytest.raises(InvalidParameterError, match="is not > 0"):
         f(bad)
@@ -298,7 +336,7 @@ def test_nonpositive_rate_raises_eagerly_and_gives_nan_under_jit(traces):
         assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()
         assert rel_err(out[0], trace.moments([1.0, 0.5], k=2)) <= 1e-12
         for mode in MODES:
-            h = moments_fn(trace, k=2, gradient=mode)
+            h = moments_fn(trace, k=2, gradient=mode, method=method)
             assert np.isnan(jax.jit(jax.grad(lambda t, h=h: h(t)[0]))(bad)).all()
 
 
@@ -309,6 +347,8 @@ def test_bad_arguments(traces):
             moments_fn(trace, k=k)
     with pytest.raises(InvalidParameterError, match="gradient must be"):
         moments_fn(trace, gradient="central")
+    with pytest.raises(InvalidParameterError, match="method must be"):
+        moments_fn(trace, method="gpu")
     with pytest.raises(InvalidParameterError, match="chunk must be"):
         moments_fn(trace, batched=True, chunk=0)
     with pytest.raises(InvalidParameterError, match="rewards must have shape"):
@@ -316,10 +356,11 @@ def test_bad_arguments(traces):
 
 
 # -- precision and imports ------------------------------------------------------------------------
-def test_float64_without_touching_global_x64(traces):
+@pytest.mark.parametrize("method", ["kernel", "native"])
+def test_float64_without_touching_global_x64(traces, method):
     trace = traces["two_island(8)"]
     assert not jax.config.jax_enable_x64  # the user's setting in this test run
-    f = moments_fn(trace, k=3)
+    f = moments_fn(trace, k=3, method=method)
     theta = np.array([1.3, 0.7])
     out = f(theta)
     assert out.dtype == jnp.float64
@@ -330,7 +371,7 @@ def test_float64_without_touching_global_x64(traces):
 
 def test_lowered_program_is_one_scan(traces):
     trace = traces["two_island(8)"]
-    f = moments_fn(trace, k=3)
+    f = moments_fn(trace, k=3, method="native")
     low = f.lowered()
     (seg,) = low.segments
     assert seg.n_steps >= low.stats["critical_path"]
@@ -338,6 +379,11 @@ def test_lowered_program_is_one_scan(traces):
     with jax.enable_x64(True):
         hlo = jax.jit(f).lower(np.array([1.0, 0.5])).as_text()
     assert hlo.count("stablehlo.while") == 1
+
+
+def test_auto_method_is_the_kernel_on_cpu(traces):
+    assert jax.default_backend() == "cpu"
+    assert moments_fn(traces["kingman(6)"]).method == "kernel"
 
 
 def test_import_phasetrace_does_not_import_jax():

@@ -12,6 +12,9 @@ from hypothesis import HealthCheck, given, settings
 
 import phasetrace as pt
 from phasetrace.elimination import record_unit
+from phasetrace.evaluate import cross_moment as ref_cross_moment
+from phasetrace.evaluate import moments as ref_moments
+from phasetrace.evaluate import slot_values
 from phasetrace.scc import WorkUnit, decompose, strongly_connected_components
 from phasetrace.trace import Trace, stitch
 from strategies import cyclic_graphs, thetas
@@ -20,37 +23,47 @@ pytestmark = pytest.mark.timeout(120)
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _left_sum(values):
+    acc = values[0]
+    for x in values[1:]:
+        acc = acc + x
+    return acc
+
+
 def fresh_elimination(graph, theta):
-    """Elimination done directly on floats at ``theta`` (no recording), written from
-    elimination.md §3 in the scaled form the recorder documents: returns σ per π position
-    and the raw final rows ``{π position: {target π position: value}}``."""
+    """Elimination done directly on floats at ``theta`` (no recording), written from the
+    block schedule (docs/algorithm.md) in the scaled form the recorder documents.
+
+    Returns σ per π position, the raw final internal rows ``{π position: {target: value}}``
+    and the exit rates ``{π position: {target: rate}}``.
+    """
     d = decompose(graph)
-    sigma, rows = {}, {}
-    for unit, first, exits in zip(d.units, d.first, d.exits, strict=True):
+    sigma, rows, exits = {}, {}, {}
+    for unit, first, exit_pos in zip(d.units, d.first, d.exits, strict=True):
         k = unit.n_internal
-        gpos = list(range(first, first + k)) + exits.tolist()
-        raw = []
+        gpos = list(range(first, first + k)) + exit_pos.tolist()
+        raw, out, eps = [], [], []
         for i in range(k):
-            row = {}
+            row, ex = {}, {}
             for e in range(unit.ptr[i], unit.ptr[i + 1]):
                 w = float(unit.base[e])
                 for c, t in zip(unit.coef[e], theta, strict=False):
                     w = w + float(c) * t
-                row[int(unit.dst[e])] = w
+                (row if unit.dst[e] < k else ex)[int(unit.dst[e])] = w
             raw.append(row)
+            out.append(ex)
+            eps.append(_left_sum([ex[t] for t in sorted(ex)]) if ex else None)
         sig = [None] * k
-        for i in range(k):
-            if unit.kind == 0:
-                vals = [raw[i][t] for t in sorted(raw[i])]
-                acc = vals[0]
-                for x in vals[1:]:
-                    acc = acc + x
-                sig[i] = acc
+        if unit.kind == 0:  # a transient unit: σ = λ, every rate in local order
+            sig = [_left_sum([{**raw[i], **out[i]}[t] for t in sorted({**raw[i], **out[i]})])
+                   for i in range(k)]  # fmt: skip
         for v in range(k):
             for u in range(v + 1, k):
                 if v not in raw[u]:
                     continue
                 a = raw[u].pop(v) / sig[v]
+                if eps[v] is not None:  # exit mass: ε_u += a·ε_v
+                    eps[u] = a * eps[v] if eps[u] is None else eps[u] + a * eps[v]
                 loop = False
                 for w in sorted(raw[v]):
                     if w == u:
@@ -59,35 +72,48 @@ def fresh_elimination(graph, theta):
                         raw[u][w] = raw[u][w] + a * raw[v][w]
                     else:
                         raw[u][w] = a * raw[v][w]
-                if loop:
-                    vals = [raw[u][t] for t in sorted(raw[u])]
-                    acc = vals[0]
-                    for x in vals[1:]:
-                        acc = acc + x
-                    sig[u] = acc
+                if loop:  # GTH: σ_u = Σ internal entries + ε_u, from positive terms
+                    terms = [raw[u][t] for t in sorted(raw[u])]
+                    sig[u] = _left_sum(terms + ([] if eps[u] is None else [eps[u]]))
         for i in range(k):
             sigma[gpos[i]] = sig[i]
             rows[gpos[i]] = {gpos[t]: x for t, x in raw[i].items()}
-    return sigma, rows
+            exits[gpos[i]] = {gpos[t]: x for t, x in out[i].items()}
+    return sigma, rows, exits
 
 
 @SETTINGS
 @given(graph=cyclic_graphs(max_vertices=20), theta=thetas)
 def test_replay_equals_fresh_elimination_bitwise(graph, theta):
     trace = pt.record_trace(graph)
-    plan = trace._evaluator()
-    vals = plan.replay(np.array([theta]))
-    sigma_ref, rows_ref = fresh_elimination(graph, theta)
-    got_sigma = plan.sigma(vals)[:, 0]
+    vals = slot_values(trace, np.array([theta]))[:, 0]
+    sigma_ref, rows_ref, exits_ref = fresh_elimination(graph, theta)
     arr = trace.arrays
     for v, s in sigma_ref.items():
+        slot = arr["sigma"][v]
+        assert (s is None) == (slot < 0)
         if s is not None:
-            assert got_sigma[v] == s  # bitwise: == on floats, no tolerance
-    row_vals = vals[plan.slot_map[arr["row_slot"].astype(np.int64)], 0]
-    for v in range(trace.n_vertices):
-        lo, hi = arr["row_ptr"][v], arr["row_ptr"][v + 1]
-        got = dict(zip(arr["row_dst"][lo:hi].tolist(), row_vals[lo:hi].tolist(), strict=True))
-        assert got == rows_ref.get(v, {})
+            assert vals[slot] == s  # bitwise: == on floats, no tolerance
+    for name, ref in (("row", rows_ref), ("exit", exits_ref)):
+        ptr, dst, slot = (arr[f"{name}_{x}"] for x in ("ptr", "dst", "slot"))
+        for v in range(trace.n_vertices):
+            lo, hi = ptr[v], ptr[v + 1]
+            got = dict(zip(dst[lo:hi].tolist(), vals[slot[lo:hi]].tolist(), strict=True))
+            assert got == ref.get(v, {})
+
+
+@SETTINGS
+@given(graph=cyclic_graphs(max_vertices=20), theta=thetas)
+def test_kernel_equals_numpy_reference_bitwise(graph, theta):
+    """The compiled kernel performs the reference's operations in the same order."""
+    trace = pt.record_trace(graph)
+    batch = np.array([theta, [t * 1.5 for t in theta], [t * 0.7 for t in theta]])
+    rewards = np.arange(trace.n_vertices) % 3 * 0.5
+    for th in (theta, batch):
+        for r in (None, rewards):
+            assert np.array_equal(trace.moments(th, k=4, rewards=r), ref_moments(trace, th, 4, r))
+        got = trace.cross_moment(th, rewards, None)
+        assert np.array_equal(got, ref_cross_moment(trace, th, rewards, None))
 
 
 @SETTINGS

@@ -21,8 +21,8 @@ Rows 0 and 1 hold the constants 0 and 1; padding lanes and padding terms read th
 Then come the other constants (and the reward values), the loaded rates
 ``base + coef·θ`` (computed before the scan), and the output blocks of the steps.
 
-The weight program and all ``k`` passes of ``F`` (x-program, then back substitution,
-``elimination.md`` §4) form one dependency graph, list-scheduled longest-path-first into
+The weight program and all ``k`` passes of ``F`` (exit folds, x-program, back
+substitution; docs/algorithm.md) form one dependency graph, list-scheduled longest-path-first into
 one ``lax.scan`` (one small loop body, so compile time does not grow with the trace).
 Their parallelism differs by orders of magnitude: thousands of independent ops per level
 in the weight program, about one vertex per level in the back substitution of a
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .elimination import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY
+from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY
 
 K_FMA, K_MUL, K_DIV, K_SUM, K_DOT = range(5)
 KIND_NAMES = ("fma", "mul", "div", "sum", "dot")
@@ -272,7 +272,12 @@ def _weight_program(bld: _Builder, arrays) -> list[int]:
 
 
 def _f_passes(bld: _Builder, arrays, node: list[int], k: int, rewards) -> list[int]:
-    """``z_p = F(r∘z_{p−1})`` for ``p = 1..k`` (``elimination.md`` §4); returns ``z_p[S]``."""
+    """``z_p = F(r∘z_{p−1})`` for ``p = 1..k``; returns the node of ``z_p[S]`` per pass.
+
+    ``F`` under the block schedule (docs/algorithm.md): units sinks first; in each, the
+    exits' final values are folded into the right-hand side, then the unit's x-program
+    and back substitution run. Exits to absorbing vertices (value 0) drop out.
+    """
     kind = arrays["vertex_kind"]
     n_v = int(kind.shape[0])
     starts = np.flatnonzero(kind == 0)
@@ -287,6 +292,9 @@ def _f_passes(bld: _Builder, arrays, node: list[int], k: int, rewards) -> list[i
             strict=True,
         )
     )
+    unit_ptr, unit_xptr = arrays["unit_ptr"].tolist(), arrays["unit_xptr"].tolist()
+    exit_ptr, exit_dst = arrays["exit_ptr"].tolist(), arrays["exit_dst"].tolist()
+    exit_node = [node[s] for s in arrays["exit_slot"].tolist()]
     row_ptr = arrays["row_ptr"].tolist()
     row_dst = arrays["row_dst"].tolist()
     row_node = [node[s] for s in arrays["row_slot"].tolist()]
@@ -295,34 +303,43 @@ def _f_passes(bld: _Builder, arrays, node: list[int], k: int, rewards) -> list[i
     out_nodes = []
     z_prev: list[int] | None = None
     for _ in range(k):
-        cur = [ZERO] * n_v  # x = r∘z on transient vertices, 0 elsewhere
+        x = [ZERO] * n_v  # the right-hand side r∘z on transient vertices, 0 elsewhere
         for v in range(n_v):
             if not transient[v] or r[v] == 0.0:
                 continue
             if z_prev is None:
-                cur[v] = bld.const(r[v])
+                x[v] = bld.const(r[v])
             elif r[v] == 1.0:
-                cur[v] = z_prev[v]
+                x[v] = z_prev[v]
             elif z_prev[v] != ZERO:
-                cur[v] = bld.mul(bld.const(r[v]), z_prev[v])
-        for kd, u, v, s in x_prog:
-            if kd == X_AXPY:
-                if cur[v] != ZERO:  # ξ_u += s·0 changes nothing
-                    cur[u] = bld.fma(cur[u], s, cur[v])
-            elif cur[u] != ZERO:
-                cur[u] = bld.div(cur[u], s)
-        fin = cur  # back substitution in reverse π order; absorbing x_w = 0 drop out
-        for v in range(n_v - 1, -1, -1):
-            # Row order is π order: x of the last target was computed first.
-            pairs = [
-                (row_node[e], fin[row_dst[e]])
-                for e in range(row_ptr[v + 1] - 1, row_ptr[v] - 1, -1)
-                if fin[row_dst[e]] != ZERO
-            ]
-            if pairs:
-                fin[v] = bld.dot(cur[v], pairs, sig_node[v])
-        out_nodes.append(fin[start] if start >= 0 else ZERO)
-        z_prev = fin
+                x[v] = bld.mul(bld.const(r[v]), z_prev[v])
+        for unit in range(len(unit_ptr) - 2, -1, -1):
+            first, last = unit_ptr[unit], unit_ptr[unit + 1]
+            for v in range(first, last):  # exits first: their values are final
+                pairs = [
+                    (exit_node[e], x[exit_dst[e]])
+                    for e in range(exit_ptr[v], exit_ptr[v + 1])
+                    if x[exit_dst[e]] != ZERO
+                ]
+                if pairs:
+                    x[v] = bld.dot(x[v], pairs, ONE)
+            for kd, u, v, s in x_prog[unit_xptr[unit] : unit_xptr[unit + 1]]:
+                if kd == X_AXPY:
+                    if x[v] != ZERO:  # ξ_u += s·0 changes nothing
+                        x[u] = bld.fma(x[u], s, x[v])
+                elif x[u] != ZERO:
+                    x[u] = bld.div(x[u], s)
+            for v in range(last - 1, first - 1, -1):
+                # Row order is π order: x of the last target was computed first.
+                pairs = [
+                    (row_node[e], x[row_dst[e]])
+                    for e in range(row_ptr[v + 1] - 1, row_ptr[v] - 1, -1)
+                    if x[row_dst[e]] != ZERO
+                ]
+                if pairs:
+                    x[v] = bld.dot(x[v], pairs, sig_node[v])
+        out_nodes.append(x[start] if start >= 0 else ZERO)
+        z_prev = x
     return out_nodes
 
 

@@ -1,34 +1,33 @@
 """The recorder: graph elimination of one work unit as a straight-line program.
 
 This is the function workers run. It imports numpy and nothing heavier (never JAX).
+The op format (opcodes, array names) is defined in :mod:`phasetrace.ops`; the algorithm
+is described in ``docs/algorithm.md``.
 
-The program is in SSA form: op ``j`` writes slot ``j`` and reads only earlier slots.
+**Block schedule.** A unit records only its *internal* elimination. Its exit edges (to
+other SCCs, downstream in π) are kept as they are: at evaluation time their targets'
+values are already known numbers, so they are folded into the right-hand side before
+the unit's x-program runs (block back substitution on the block-triangular ``I − P``).
+Elimination needs only the **exit mass** of each vertex, for the GTH denominator.
 
-========  =====================================  ===================================
-opcode    value of the slot                      operands
-========  =====================================  ===================================
-LOAD      ``base[e] + Σ_i coef[e, i]·θ_i``        ``a`` = edge index ``e`` of the unit
-CONST     ``consts[a]``                           ``a`` = index into ``consts``
-SUM       ``((s₀ + s₁) + s₂) + …``                ``sum_args[a : a + b]``
-DIV       ``s_a / s_b``
-MUL       ``s_a · s_b``
-FMA       ``s_a + s_b · s_c`` (two roundings)
-ADD       ``s_a + s_b``
-========  =====================================  ===================================
+Rows are recorded **unnormalised**: vertex ``v`` keeps raw internal entries ``r_vw``, a
+raw exit mass ``ε_v`` and a scale ``σ_v``, with ``p_vw = r_vw / σ_v``. Initially
+``r = w`` (the rates), ``ε_v = Σ`` exit rates and ``σ_v = λ_v`` (all rates, in local
+order). Bypassing pivot ``v`` for a later parent ``u`` (``a = r_uv / σ_v``) adds
+``a·r_vw`` to ``r_uw`` for every internal child ``w`` and ``a·ε_v`` to ``ε_u``; a
+self-loop (``v → u``) sets ``σ_u`` to ``Σ_w r_uw + ε_u``, which is ``σ_u·(1 − s)``
+computed from positive terms only (the GTH trick). No row is ever divided through.
 
-Rows are recorded **unnormalised** (a scaled form of ``elimination.md`` §3): vertex ``v``
-keeps raw entries ``r_vw`` and a scale ``σ_v`` with ``p_vw = r_vw / σ_v``. Initially
-``r = w`` (the rates) and ``σ_v = λ_v``. Bypassing pivot ``v`` for a later parent ``u``
-adds ``(r_uv/σ_v)·r_vw`` to ``r_uw``; a self-loop sets ``σ_u`` to the sum of ``u``'s
-remaining raw entries, which is ``σ_u·(1 − s)`` computed from positive terms only (the
-GTH trick of §3). No row is ever divided through, so a trace has about half the ops of
-the normalised form; the final rows are divided by ``σ`` during back substitution.
+Exit masses are recorded lazily: ``ε_u`` becomes ops only when a self-loop of ``u`` (or
+of a later parent it feeds) needs it, so units whose vertices never loop back (all
+singleton SCCs) record none.
 
 Besides the program a unit trace holds ``sigma`` (slot of ``σ_v`` per local vertex, −1 for
 the start, whose row ``α`` needs no scale), the x-program (``AXPY(u, v, slot)``:
-``ξ_u += s·x_v``; ``DIV(v, slot)``: ``x_v = ξ_v / s``, once per vertex when it is the pivot)
-and the final raw rows (local targets and slots, every target after its source in π).
-With ``ξ = r`` (the rewards) on entry, ``F(r)`` is: run the x-program, then for ``v`` in
+``ξ_u += s·ξ_v``; ``DIV(v, slot)``: ``ξ_v /= s``, once per vertex when it is the pivot),
+the final internal rows (every target after its source in π) and the exits (local
+targets ``>= n_internal`` and the slots of their rates). With ``ξ_v = r_v + Σ_exits
+w_vw·x_w`` on entry, ``F(r)`` on the unit is: run the x-program, then for ``v`` in
 reverse π, ``x_v += (Σ_w r_vw·x_w) / σ_v``.
 
 Constant folding: an op whose operands are all constants is computed here, in Python
@@ -40,29 +39,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, UNIT_ARRAYS, X_AXPY, X_DIV
 from .scc import KIND_START, WorkUnit
-
-LOAD, CONST, SUM, DIV, MUL, FMA, ADD = range(7)
-OPCODE_NAMES = ("LOAD", "CONST", "SUM", "DIV", "MUL", "FMA", "ADD")
-X_AXPY, X_DIV = 0, 1
-
-#: Names, dtypes and meaning of the arrays of a unit trace (and of a stitched trace).
-UNIT_ARRAYS = {
-    "code": np.int8,
-    "a": np.int32,
-    "b": np.int32,
-    "c": np.int32,
-    "consts": np.float64,
-    "sum_args": np.int32,
-    "sigma": np.int32,
-    "x_kind": np.int8,
-    "x_u": np.int32,
-    "x_v": np.int32,
-    "x_coef": np.int32,
-    "row_ptr": np.int32,
-    "row_dst": np.int32,
-    "row_slot": np.int32,
-}
 
 
 class _Program:
@@ -133,7 +111,7 @@ class _Program:
 
 
 def record_unit(unit: WorkUnit) -> dict[str, np.ndarray]:
-    """Record the elimination of one work unit (``elimination.md`` §3).
+    """Record the elimination of one work unit under the block schedule.
 
     Parameters
     ----------
@@ -142,7 +120,7 @@ def record_unit(unit: WorkUnit) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to ndarray
-        The unit trace, with the arrays named in :data:`UNIT_ARRAYS`.
+        The unit trace, with the arrays named in :data:`phasetrace.ops.UNIT_ARRAYS`.
 
     Examples
     --------
@@ -154,9 +132,10 @@ def record_unit(unit: WorkUnit) -> dict[str, np.ndarray]:
     True
     """
     prog = _Program()
-    rows, sigma = _load_rows(unit, prog)
-    xprog = _eliminate(unit.n_internal, rows, sigma, prog)
-    return _finish(unit.n_internal, rows, sigma, xprog, prog)
+    rows, exits, sigma = _load_rows(unit, prog)
+    eps = _ExitMass(exits, prog)
+    xprog = _eliminate(unit.n_internal, rows, sigma, eps, prog)
+    return _finish(rows, exits, sigma, xprog, prog)
 
 
 def record_unit_bytes(payload: bytes) -> dict[str, np.ndarray]:
@@ -164,8 +143,12 @@ def record_unit_bytes(payload: bytes) -> dict[str, np.ndarray]:
     return record_unit(WorkUnit.from_bytes(payload))
 
 
-def _load_rows(unit: WorkUnit, prog: _Program) -> tuple[list[dict[int, int]], list[int]]:
-    """Raw rows ``r_vw = w_vw`` and their scales ``σ_v = λ_v`` (the start keeps σ = 1)."""
+def _load_rows(unit: WorkUnit, prog: _Program):
+    """Internal raw rows ``r_vw = w_vw``, exits ``[(w, slot)]`` and scales ``σ_v = λ_v``.
+
+    The start keeps σ = −1: its row is the initial distribution, which needs no scale.
+    """
+    k = unit.n_internal
     ptr = unit.ptr.tolist()
     dst = unit.dst.tolist()
     base = unit.base.tolist()
@@ -175,28 +158,80 @@ def _load_rows(unit: WorkUnit, prog: _Program) -> tuple[list[dict[int, int]], li
         for e, (b, is_const) in enumerate(zip(base, constant, strict=True))
     ]
     rows: list[dict[int, int]] = []
+    exits: list[list[tuple[int, int]]] = []
     sigma: list[int] = []
-    for i in range(unit.n_internal):
+    for i in range(k):
         lo, hi = ptr[i], ptr[i + 1]
-        slots = edge_slot[lo:hi]
-        rows.append(dict(zip(dst[lo:hi], slots, strict=True)))
-        sigma.append(-1 if unit.kind == KIND_START else prog.sum(slots))
-    return rows, sigma
+        pairs = list(zip(dst[lo:hi], edge_slot[lo:hi], strict=True))
+        rows.append({w: s for w, s in pairs if w < k})
+        exits.append([(w, s) for w, s in pairs if w >= k])
+        sigma.append(-1 if unit.kind == KIND_START else prog.sum(edge_slot[lo:hi]))
+    return rows, exits, sigma
 
 
-def _eliminate(k: int, rows: list[dict[int, int]], sigma: list[int], prog: _Program):
-    """Forward elimination in local order on raw rows; returns the x-program.
+class _ExitMass:
+    """Exit masses ``ε_u``, recorded lazily.
+
+    ``ε_u`` starts as the sum of ``u``'s exit rates and gains a term ``a·ε_v`` for every
+    bypass of a pivot ``v`` (``ε_v`` is final by then: ``v`` gains no terms after being
+    the pivot). The ops are emitted, in exactly that order, only when :meth:`slot` is
+    asked for, so masses that no GTH denominator needs cost nothing.
+    """
+
+    __slots__ = ("folded", "prog", "terms", "value")
+
+    def __init__(self, exits: list[list[tuple[int, int]]], prog: _Program):
+        self.prog = prog
+        self.terms: list[list] = [[("sum", [s for _, s in ex])] if ex else [] for ex in exits]
+        self.value: list[int | None] = [None] * len(exits)  # None: exactly zero so far
+        self.folded = [0] * len(exits)  # terms already emitted as ops
+
+    def add(self, u: int, a: int, v: int) -> None:
+        """``ε_u += a·ε_v`` (slot ``a``), recorded when needed."""
+        self.terms[u].append((a, v))
+
+    def slot(self, u: int) -> int | None:
+        """The slot of ``ε_u`` now (``None`` if it is exactly zero)."""
+        stack = [u]
+        while stack:  # explicit stack: chains of dependencies can be thousands long
+            x = stack[-1]
+            todo = self.terms[x][self.folded[x] :]
+            pending = [t[1] for t in todo if t[0] != "sum" and self._pending(t[1])]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            self._fold(x, todo)
+        return self.value[u]
+
+    def _pending(self, v: int) -> bool:
+        return self.folded[v] < len(self.terms[v])
+
+    def _fold(self, x: int, todo: list) -> None:
+        prog, cur = self.prog, self.value[x]
+        for a, v in todo:
+            if a == "sum":
+                cur = prog.sum(v)
+                continue
+            ev = self.value[v]
+            if ev is not None:
+                cur = prog.binary(MUL, a, ev) if cur is None else prog.fma(cur, a, ev)
+        self.value[x] = cur
+        self.folded[x] = len(self.terms[x])
+
+
+def _eliminate(k: int, rows: list[dict[int, int]], sigma: list[int], eps: _ExitMass, prog):
+    """Forward elimination in local order on raw internal rows; returns the x-program.
 
     Rows are kept unnormalised: ``p_uw = r_uw / σ_u``. Bypassing ``v`` adds
-    ``(r_uv / σ_v)·r_vw`` to ``r_uw``; a self-loop sets ``σ_u`` to the sum of ``u``'s
-    remaining raw entries (GTH: positive terms, no cancellation); ``x_v = ξ_v / σ_v``
-    once ``v`` is the pivot. ``rows`` and ``sigma`` are updated in place.
+    ``(r_uv / σ_v)·r_vw`` to ``r_uw`` and ``(r_uv / σ_v)·ε_v`` to ``ε_u``; a self-loop
+    sets ``σ_u`` to ``Σ_w r_uw + ε_u`` (GTH: positive terms, no cancellation);
+    ``ξ_v /= σ_v`` once ``v`` is the pivot. ``rows`` and ``sigma`` are updated in place.
     """
     parents: list[set[int]] = [set() for _ in range(k)]
     for u in range(k):
         for w in rows[u]:
-            if w < k:
-                parents[w].add(u)
+            parents[w].add(u)
     xk: list[int] = []
     xu: list[int] = []
     xv: list[int] = []
@@ -205,7 +240,7 @@ def _eliminate(k: int, rows: list[dict[int, int]], sigma: list[int], prog: _Prog
     code, opa, opb, opc = prog.code, prog.a, prog.b, prog.c
     for v in range(k):
         if sigma[v] >= 0:
-            xk.append(X_DIV)  # x_v = ξ_v / σ_v: v's row and ξ_v are final now
+            xk.append(X_DIV)  # ξ_v /= σ_v: v's row and ξ_v are final now
             xu.append(v)
             xv.append(-1)
             xc.append(sigma[v])
@@ -217,11 +252,12 @@ def _eliminate(k: int, rows: list[dict[int, int]], sigma: list[int], prog: _Prog
         for u in later:
             row_u = rows[u]
             a = row_u.pop(v)
-            xk.append(X_AXPY)  # ξ_u += r_uv · x_v
+            xk.append(X_AXPY)  # ξ_u += r_uv · ξ_v
             xu.append(u)
             xv.append(v)
             xc.append(a)
             a = prog.binary(DIV, a, sigma[v])  # p_uv scaled to u's raw row: r_uv / σ_v
+            eps.add(u, a, v)
             selfloop = False
             slow = children_const or cval[a] is not None
             for w, r in children:
@@ -245,22 +281,32 @@ def _eliminate(k: int, rows: list[dict[int, int]], sigma: list[int], prog: _Prog
                         opb.append(a)
                         opc.append(r)
                     cval.append(None)
-                if t is None and w < k:
+                if t is None:
                     parents[w].add(u)  # fill-in must be registered
             if selfloop:
-                sigma[u] = prog.sum([row_u[w] for w in sorted(row_u)])
+                terms = [row_u[w] for w in sorted(row_u)]
+                mass = eps.slot(u)
+                if mass is not None:
+                    terms.append(mass)
+                if not terms:  # pragma: no cover - validation rejects closed classes
+                    raise ValueError(f"Internal: local vertex {u} has no way out after a bypass")
+                sigma[u] = prog.sum(terms)
     return xk, xu, xv, xc
 
 
-def _finish(k, rows, sigma, xprog, prog: _Program) -> dict[str, np.ndarray]:
-    row_ptr = [0]
-    row_dst: list[int] = []
-    row_slot: list[int] = []
-    for i in range(k):
-        for w, s in sorted(rows[i].items()):
+def _finish(rows, exits, sigma, xprog, prog: _Program) -> dict[str, np.ndarray]:
+    row_ptr, row_dst, row_slot = [0], [], []
+    for row in rows:
+        for w, s in sorted(row.items()):
             row_dst.append(w)
             row_slot.append(s)
         row_ptr.append(len(row_dst))
+    exit_ptr, exit_dst, exit_slot = [0], [], []
+    for ex in exits:
+        for w, s in ex:
+            exit_dst.append(w)
+            exit_slot.append(s)
+        exit_ptr.append(len(exit_dst))
     xk, xu, xv, xc = xprog
     values = {
         "code": prog.code,
@@ -277,5 +323,8 @@ def _finish(k, rows, sigma, xprog, prog: _Program) -> dict[str, np.ndarray]:
         "row_ptr": row_ptr,
         "row_dst": row_dst,
         "row_slot": row_slot,
+        "exit_ptr": exit_ptr,
+        "exit_dst": exit_dst,
+        "exit_slot": exit_slot,
     }
     return {name: np.asarray(values[name], dtype=dt) for name, dt in UNIT_ARRAYS.items()}

@@ -20,24 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from .elimination import CONST, FMA, LOAD, OPCODE_NAMES, SUM, UNIT_ARRAYS
+from ._args import as_k, as_reward_matrix, as_rewards, as_thetas, shaped, transient_rewards
 from .errors import TraceFormatError
+from .ops import (
+    CONST,
+    FMA,
+    LOAD,
+    OPCODE_NAMES,
+    SUM,
+    TRACE_ARRAYS,
+    TRACE_FORMAT_VERSION,
+    VERTEX_ABSORBING,
+    VERTEX_START,
+    VERTEX_TRANSIENT,
+)
 from .scc import Decomposition
-
-TRACE_FORMAT_VERSION = 1
-VERTEX_START, VERTEX_TRANSIENT, VERTEX_ABSORBING = 0, 1, 2
-
-#: Arrays of a trace beyond the unit arrays, and their dtypes.
-TRACE_EXTRA_ARRAYS = {
-    "n_params": np.int64,
-    "states": np.int64,
-    "vertex_kind": np.int8,
-    "input_base": np.float64,
-    "input_coef": np.float64,
-    "input_src": np.int32,
-    "input_dst": np.int32,
-}
-TRACE_ARRAYS = {**UNIT_ARRAYS, **TRACE_EXTRA_ARRAYS}
 
 
 class Trace:
@@ -67,7 +64,6 @@ class Trace:
             arr = np.array(arrays[name], dtype=dt, order="C", copy=True if _copy else None)
             arr.flags.writeable = False
             self.arrays[name] = arr
-        self._plan = None
         self._digest: str | None = None
 
     # -- shape of the trace ------------------------------------------------------------
@@ -179,35 +175,82 @@ class Trace:
             raise TraceFormatError(f"{path}: checksum mismatch (file corrupted)")
         return trace
 
-    # -- evaluation (delegated to evaluate.py) -----------------------------------------
-    def _evaluator(self):
-        if self._plan is None:
-            from .evaluate import Plan
-
-            self._plan = Plan(self)
-        return self._plan
-
+    # -- evaluation (the compiled kernel, phasetrace.kernel) ------------------------------
     def moments(self, theta, k: int = 1, rewards=None) -> np.ndarray:
         """``[E[Y], E[Y²], …, E[Y^k]]`` at ``theta`` (``Y = T`` without rewards).
 
         Parameters
         ----------
         theta : array_like, shape (n_params,) or (B, n_params)
+            One parameter vector, or a batch.
         k : int
             Highest moment.
-        rewards : array_like (n_vertices,) in :attr:`states` order, or callable of a state
-            Reward rate per vertex; ``Y = ∫ r(X_t) dt``.
+        rewards : None, callable, array_like (n_vertices,) or (R, n_vertices), or list of callables
+            Reward rate per vertex, in :attr:`states` order (or a function of the state);
+            ``Y = ∫ r(X_t) dt``. Several reward vectors are evaluated in one pass.
 
         Returns
         -------
-        ndarray, shape (k,) or (B, k)
-        """
-        from .evaluate import moments
+        ndarray
+            Shape (k,) for one θ and one reward vector; a leading axis (B,) for a batch of
+            θ and an axis (R,) before the last for R reward vectors: (B, R, k) at most.
 
-        return moments(self, theta, k=k, rewards=rewards)
+        Raises
+        ------
+        InvalidParameterError
+            For a θ or rewards of the wrong shape, and for a θ at which a rate is not a
+            positive finite number (the message names the edge).
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> tr = pt.record_trace(pt.models.kingman(4))
+        >>> tr.moments([1.0], k=2).round(6).tolist()
+        [1.5, 3.388889]
+        >>> tr.moments([[1.0], [2.0]]).ravel().tolist()       # a batch of θ
+        [1.5, 0.75]
+        """
+        from . import kernel
+
+        k = as_k(k)
+        th, single = as_thetas(self, theta)
+        rew, multi = as_reward_matrix(self, rewards)
+        out = kernel.moments(self, th, transient_rewards(self, rew), k)
+        return shaped(out, single, multi)
+
+    def moments_and_jacobian(self, theta, k: int = 1, rewards=None):
+        """Moments (as :meth:`moments`) and their derivatives with respect to θ.
+
+        The derivatives come from the adjoint of the recorded solve (one replay more and
+        ``k`` transposed solves): exact up to rounding, whatever ``n_params`` is.
+
+        Returns
+        -------
+        (ndarray, ndarray)
+            The moments, and the Jacobian with a trailing axis (n_params,).
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> tr = pt.record_trace(pt.models.kingman(5, state_space="lineages"))
+        >>> m, jac = tr.moments_and_jacobian([2.0])    # E[T] = 2(1 - 1/5)/c: dE/dc = -E/c
+        >>> round(float(jac[0, 0]), 12)
+        -0.4
+        """
+        from . import kernel
+
+        k = as_k(k)
+        th, single = as_thetas(self, theta)
+        rew, multi = as_reward_matrix(self, rewards)
+        out, jac = kernel.moments_and_jacobian(self, th, transient_rewards(self, rew), k)
+        return shaped(out, single, multi), shaped(jac, single, multi)
+
+    def gradient(self, theta, rewards=None) -> np.ndarray:
+        """``∂E[Y]/∂θ``: shape (n_params,) for one θ, (B, n_params) for a batch."""
+        return self.moments_and_jacobian(theta, k=1, rewards=rewards)[1][..., 0, :]
 
     def expectation(self, theta, rewards=None) -> np.ndarray | float:
-        """``E[Y]`` at ``theta``: a float for one θ, shape (B,) for a batch."""
+        """``E[Y]`` at ``theta``: a 0-d array for one θ, shape (B,) for a batch."""
         m = self.moments(theta, k=1, rewards=rewards)
         return m[..., 0]
 
@@ -217,17 +260,33 @@ class Trace:
         return m[..., 1] - m[..., 0] ** 2
 
     def cross_moment(self, theta, rewards_i, rewards_j):
-        """``E[Y_i Y_j]`` for two reward vectors (``elimination.md`` §4)."""
-        from .evaluate import cross_moment
+        """``E[Y_i Y_j] = F(r_i∘F(r_j))[S] + F(r_j∘F(r_i))[S]`` for two reward vectors.
 
-        return cross_moment(self, theta, rewards_i, rewards_j)
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> tr = pt.record_trace(pt.models.kingman(4))
+        >>> ones = [1.0] * tr.n_vertices                 # E[T·T] = E[T²]
+        >>> bool(abs(tr.cross_moment([1.0], ones, ones) - tr.moments([1.0], k=2)[1]) < 1e-12)
+        True
+        """
+        from . import kernel
+
+        th, single = as_thetas(self, theta)
+        rows = np.stack([as_rewards(self, rewards_i), as_rewards(self, rewards_j)])
+        seq = np.array([[1, 0], [0, 1]])  # F(r_i∘F(r_j)) and F(r_j∘F(r_i))
+        out = kernel.passes(self, th, transient_rewards(self, rows), seq, np.ones(2))
+        total = out[:, 0, 1] + out[:, 1, 1]
+        return total[0] if single else total
 
 
 def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndarray]]) -> Trace:
-    """Concatenate unit traces into the whole-graph trace (``elimination.md`` §5).
+    """Concatenate unit traces into the whole-graph trace, units in π order.
 
-    Offsets are plain sums over the units in π order; nothing is rescaled or patched.
-    Work is vectorised over all units at once, so thousands of tiny units stitch fast.
+    Offsets are plain sums over the units; nothing is rescaled or patched. Unit ``u``'s
+    vertices and x-program keep their block (``unit_ptr``, ``unit_xptr``): evaluation runs
+    the blocks in reverse order, sinks first. Work is vectorised over all units at once,
+    so thousands of tiny units stitch fast.
     """
     d = decomposition
     uts = list(unit_traces)
@@ -241,26 +300,31 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
         parts = [x[name] for x in source]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
-    def offsets(name):  # running start of each unit's block of ``name``, and its lengths
-        lengths = np.array([x[name].shape[0] for x in uts], dtype=np.int64)
-        return np.cumsum(lengths) - lengths, lengths
+    def lengths(name):
+        return np.array([x[name].shape[0] for x in uts], dtype=np.int64)
 
-    slot0, n_ops = offsets("code")
-    const0, _ = offsets("consts")
-    sum0, n_sum = offsets("sum_args")
-    _, n_x = offsets("x_kind")
-    _, n_rows = offsets("row_slot")
+    def starts(lens):
+        return np.cumsum(lens) - lens
+
+    n_ops = lengths("code")
+    slot0 = starts(n_ops)
     if int(n_ops.sum()) >= 2**31:
         raise ValueError("trace too large: more than 2**31 slots")
-    edges = [u.n_edges for u in d.units]
-    edge0 = np.cumsum(edges) - edges
+    edges = np.array([u.n_edges for u in d.units], dtype=np.int64)
     # Local vertex ids → π positions: unit u's ids index vmap[vm0[u]:], internal then exits.
     vmaps = [
         np.concatenate([np.arange(f, f + kk, dtype=np.int64), ex])
         for f, kk, ex in zip(d.first.tolist(), k.tolist(), d.exits, strict=True)
     ]
     vmap = np.concatenate(vmaps) if vmaps else np.zeros(0, np.int64)
-    vm0 = np.cumsum([len(v) for v in vmaps]) - np.array([len(v) for v in vmaps], dtype=np.int64)
+    vm0 = starts(np.array([len(v) for v in vmaps], dtype=np.int64))
+
+    def vertex_ids(name, lens):  # local vertex ids of the named array → π positions
+        local = cat(name)
+        return np.where(local >= 0, vmap[np.repeat(vm0, lens) + np.maximum(local, 0)], -1)
+
+    def slots(name, lens):
+        return cat(name) + np.repeat(slot0, lens)
 
     code = cat("code", np.int8)
     per_op = lambda off: np.repeat(off, n_ops)  # noqa: E731
@@ -268,37 +332,47 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     slot_off = per_op(slot0)
     a_off = np.select(
         [code == LOAD, code == CONST, code == SUM],
-        [per_op(edge0), per_op(const0), per_op(sum0)],
+        [
+            per_op(starts(edges)),
+            per_op(starts(lengths("consts"))),
+            per_op(starts(lengths("sum_args"))),
+        ],
         slot_off,
     )
+    n_x, n_rows, n_exits = lengths("x_kind"), lengths("row_slot"), lengths("exit_slot")
     arrays = {
         "code": code,
         "a": a + a_off,
         "b": np.where((b >= 0) & (code != SUM), b + slot_off, b),
         "c": np.where(code == FMA, c + slot_off, c),
         "consts": cat("consts", np.float64),
-        "sum_args": cat("sum_args") + np.repeat(slot0, n_sum),
+        "sum_args": slots("sum_args", lengths("sum_args")),
+        "x_kind": cat("x_kind", np.int8),
+        "x_u": vertex_ids("x_u", n_x),
+        "x_v": vertex_ids("x_v", n_x),
+        "x_coef": slots("x_coef", n_x),
+        "row_dst": vertex_ids("row_dst", n_rows),
+        "row_slot": slots("row_slot", n_rows),
+        "exit_dst": vertex_ids("exit_dst", n_exits),
+        "exit_slot": slots("exit_slot", n_exits),
+        "unit_ptr": np.concatenate([[0], np.cumsum(k)]),
+        "unit_xptr": np.concatenate([[0], np.cumsum(n_x)]),
+        "unit_optr": np.concatenate([[0], np.cumsum(n_ops)]),
     }
     sig = cat("sigma")
     sigma = np.full(n, -1, dtype=np.int64)
     sigma[:n_internal] = np.where(sig >= 0, sig + np.repeat(slot0, k), -1)
-    xv = cat("x_v")
-    x_vm = np.repeat(vm0, n_x)
     arrays["sigma"] = sigma
-    arrays["x_kind"] = cat("x_kind", np.int8)
-    arrays["x_u"] = vmap[x_vm + cat("x_u")]
-    arrays["x_v"] = np.where(xv >= 0, vmap[x_vm + np.maximum(xv, 0)], -1)
-    arrays["x_coef"] = cat("x_coef") + np.repeat(slot0, n_x)
-    row_len = np.zeros(n, dtype=np.int64)
-    row_len[:n_internal] = np.concatenate([np.diff(x["row_ptr"]) for x in uts]) if uts else []
-    arrays["row_ptr"] = np.concatenate([[0], np.cumsum(row_len)])
-    arrays["row_dst"] = vmap[np.repeat(vm0, n_rows) + cat("row_dst")]
-    arrays["row_slot"] = cat("row_slot") + np.repeat(slot0, n_rows)
+    for name in ("row_ptr", "exit_ptr"):
+        per_vertex = np.zeros(n, dtype=np.int64)
+        if uts:
+            per_vertex[:n_internal] = np.concatenate([np.diff(x[name]) for x in uts])
+        arrays[name] = np.concatenate([[0], np.cumsum(per_vertex)])
     units = [{"ptr": u.ptr, "dst": u.dst, "base": u.base} for u in d.units]
     out_deg = np.concatenate([np.diff(u.ptr) for u in d.units]) if units else np.zeros(0, int)
     arrays["input_base"] = cat("base", np.float64, units)
     coefs = [u.coef for u in d.units] or [np.zeros((0, d.n_params))]
-    arrays["input_coef"] = np.concatenate(coefs).reshape(int(sum(edges)), d.n_params)
+    arrays["input_coef"] = np.concatenate(coefs).reshape(int(edges.sum()), d.n_params)
     arrays["input_src"] = np.repeat(np.arange(n_internal), out_deg)
     arrays["input_dst"] = vmap[np.repeat(vm0, edges) + cat("dst", np.int64, units)]
     kinds = np.full(n, VERTEX_ABSORBING, dtype=np.int8)

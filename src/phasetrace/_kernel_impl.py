@@ -1,0 +1,347 @@
+"""The compiled replay kernel: numba functions over flat arrays (imported only on demand).
+
+**Unit by unit.** A unit's ops read only that unit's slots, and its solve reads only its
+own slots and the final values of its exits. So the kernel replays unit ``u`` into a
+small buffer right before solving it (units in reverse π order, sinks first) and runs
+all ``k`` moment passes and all reward vectors on it before moving on: one unit's values
+stay in the fastest caches, and memory does not grow with the trace.
+
+**θ innermost, lanes fixed at compile time.** A block of ``L`` parameter vectors is
+evaluated together: slot ``s`` (local to its unit) of θ ``ln`` at ``vals[s*L + ln]``,
+vertex ``v`` at ``x[v*L + ln]``. The entry points make ``L`` a compile-time constant
+(``numba.literally``), so every op is a fixed-length loop the compiler unrolls or
+vectorises, ``L = 1`` is plain scalar code, and each ``L`` is its own cached
+specialisation. A partial block is padded with copies of its last θ, whose results are
+dropped.
+
+The functions perform exactly the IEEE operations of the numpy reference
+(:mod:`phasetrace.evaluate`), in the same order, with no contraction into fused
+multiply-adds (numba does not contract without ``fastmath``): results are bitwise equal.
+
+**Gradients** use the adjoint of the linear solves, not reverse-mode differentiation of
+the weight program: with ``A = Λ − W`` (the system ``F`` solves), ``z_j = A⁻¹(r∘z_{j−1})``,
+
+    ∂(e_Sᵀ z_j)/∂w_vw = Σ_{i=1..j} ȳ⁽ⁱ⁾_v·(z_{j+1−i,w} − z_{j+1−i,v}),
+    ȳ⁽¹⁾ = A⁻ᵀ e_S,  ȳ⁽ⁱ⁺¹⁾ = A⁻ᵀ (r∘ȳ⁽ⁱ⁾),
+
+and ``A⁻ᵀ`` is the same tape run backwards, units in π order (cotangents flow downstream).
+A gradient costs two replays, ``k`` forward and ``k`` transposed solves, whatever the
+number of parameters; the weight program itself is never differentiated.
+
+Array bundles (tuples, so the signatures stay short), all slots local to their unit:
+
+- ``prog = (unit_optr, unit_eptr, code, a, b, c, consts, sum_args, base, coef_t)``,
+  ``coef_t`` of shape (P, E); a unit's first ops are its edges' rates, in edge order;
+- ``tape = (unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot, x_kind, x_u, x_v,
+  x_coef, row_ptr, row_dst, row_slot, sigma)``;
+- ``grads = (unit_gptr, src, dst, coef)``: parameterised edges grouped by unit.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit
+
+from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY  # noqa: F401 (compile-time constants)
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+
+
+@njit(**_JIT)
+def replay_unit(prog, u, th, vals, L):
+    """Fill ``vals`` with unit ``u``'s slots for the θ block ``th`` (L, P).
+
+    Returns False if a rate is not a positive finite number (then :func:`bad_rates`
+    tells which).
+    """
+    unit_optr, unit_eptr, code, a, b, c, consts, sum_args, base, coef_t = prog
+    P = th.shape[1]
+    o0, e0, e1 = unit_optr[u], unit_eptr[u], unit_eptr[u + 1]
+    # The unit's first ops are its edges' rates, in edge order (LOAD, or CONST for a
+    # constant edge, whose coefficients are 0): base + c₀θ₀ + c₁θ₁ + …, left to right.
+    for e in range(e0, e1):
+        o = (e - e0) * L
+        for ln in range(L):
+            vals[o + ln] = base[e]
+    for i in range(P):
+        for e in range(e0, e1):
+            o, cf = (e - e0) * L, coef_t[i, e]
+            for ln in range(L):
+                vals[o + ln] = vals[o + ln] + cf * th[ln, i]
+    ok = True
+    for o in range((e1 - e0) * L):
+        ok = ok & (vals[o] > 0.0) & (vals[o] < np.inf)
+    for j in range(o0 + e1 - e0, unit_optr[u + 1]):
+        cd = code[j]
+        o = (j - o0) * L
+        if cd == FMA:
+            x, y, z = a[j] * L, b[j] * L, c[j] * L
+            for ln in range(L):
+                vals[o + ln] = vals[x + ln] + vals[y + ln] * vals[z + ln]
+        elif cd == SUM:
+            s0 = a[j]
+            x = sum_args[s0] * L
+            for ln in range(L):
+                vals[o + ln] = vals[x + ln]
+            for t in range(s0 + 1, s0 + b[j]):
+                x = sum_args[t] * L
+                for ln in range(L):
+                    vals[o + ln] = vals[o + ln] + vals[x + ln]
+        elif cd == DIV:
+            x, y = a[j] * L, b[j] * L
+            for ln in range(L):
+                vals[o + ln] = vals[x + ln] / vals[y + ln]
+        elif cd == MUL:
+            x, y = a[j] * L, b[j] * L
+            for ln in range(L):
+                vals[o + ln] = vals[x + ln] * vals[y + ln]
+        elif cd == CONST:
+            v = consts[a[j]]
+            for ln in range(L):
+                vals[o + ln] = v
+        elif cd == ADD:
+            x, y = a[j] * L, b[j] * L
+            for ln in range(L):
+                vals[o + ln] = vals[x + ln] + vals[y + ln]
+    return ok
+
+
+@njit(**_JIT)
+def solve_unit(tape, u, vals, x, acc, L):
+    """``x ← F(x)`` on unit ``u``: ``x`` holds the right-hand side of ``u``'s vertices
+    and the final values of everything downstream. ``acc`` is scratch of length L."""
+    unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot = tape[:5]
+    x_kind, x_u, x_v, x_coef, row_ptr, row_dst, row_slot, sigma = tape[5:]
+    first, last = unit_ptr[u], unit_ptr[u + 1]
+    for v in range(first, last):  # fold the exits: their values are final
+        o = v * L
+        for e in range(exit_ptr[v], exit_ptr[v + 1]):
+            w, s = exit_dst[e] * L, exit_slot[e] * L
+            for ln in range(L):
+                x[o + ln] = x[o + ln] + vals[s + ln] * x[w + ln]
+    for t in range(unit_xptr[u], unit_xptr[u + 1]):
+        o, s = x_u[t] * L, x_coef[t] * L
+        if x_kind[t] == X_AXPY:
+            w = x_v[t] * L
+            for ln in range(L):
+                x[o + ln] = x[o + ln] + vals[s + ln] * x[w + ln]
+        else:
+            for ln in range(L):
+                x[o + ln] = x[o + ln] / vals[s + ln]
+    for v in range(last - 1, first - 1, -1):  # back substitution
+        r0, r1 = row_ptr[v], row_ptr[v + 1]
+        if r1 == r0:
+            continue
+        for ln in range(L):
+            acc[ln] = 0.0
+        for e in range(r0, r1):
+            w, s = row_dst[e] * L, row_slot[e] * L
+            for ln in range(L):
+                acc[ln] = acc[ln] + vals[s + ln] * x[w + ln]
+        o, s = v * L, sigma[v] * L
+        for ln in range(L):
+            x[o + ln] = x[o + ln] + acc[ln] / vals[s + ln]
+
+
+@njit(**_JIT)
+def solve_unit_transposed(tape, u, vals, t, q, L):
+    """``t ← A⁻ᵀ t`` on unit ``u``: :func:`solve_unit` backwards. ``t`` holds, for
+    ``u``'s vertices, their right-hand side plus the cotangents pushed by upstream
+    units; the unit pushes its own into its exits' entries. ``q``: scratch (L,)."""
+    unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot = tape[:5]
+    x_kind, x_u, x_v, x_coef, row_ptr, row_dst, row_slot, sigma = tape[5:]
+    first, last = unit_ptr[u], unit_ptr[u + 1]
+    for v in range(first, last):  # back substitution, reversed
+        r0, r1 = row_ptr[v], row_ptr[v + 1]
+        if r1 == r0:
+            continue
+        o, s = v * L, sigma[v] * L
+        for ln in range(L):
+            q[ln] = t[o + ln] / vals[s + ln]
+        for e in range(r0, r1):
+            w, s = row_dst[e] * L, row_slot[e] * L
+            for ln in range(L):
+                t[w + ln] = t[w + ln] + vals[s + ln] * q[ln]
+    for i in range(unit_xptr[u + 1] - 1, unit_xptr[u] - 1, -1):  # x-program, reversed
+        o, s = x_u[i] * L, x_coef[i] * L
+        if x_kind[i] == X_AXPY:
+            w = x_v[i] * L
+            for ln in range(L):
+                t[w + ln] = t[w + ln] + vals[s + ln] * t[o + ln]
+        else:
+            for ln in range(L):
+                t[o + ln] = t[o + ln] / vals[s + ln]
+    for v in range(first, last):  # exit folds, reversed
+        o = v * L
+        for e in range(exit_ptr[v], exit_ptr[v + 1]):
+            w, s = exit_dst[e] * L, exit_slot[e] * L
+            for ln in range(L):
+                t[w + ln] = t[w + ln] + vals[s + ln] * t[o + ln]
+
+
+@njit(**_JIT)
+def forward(prog, tape, rewards, seq, th, X, vals, L):
+    """Every pass of every reward sequence, unit by unit: ``X[r, j] = z_{j+1}`` with
+    ``z_{j+1} = F(ρ∘z_j)``, ``ρ = rewards[seq[r, j]]``, ``z_0 = 1``.
+
+    Returns False if a rate was not a positive finite number.
+    """
+    R, k = X.shape[0], X.shape[1]
+    unit_ptr = tape[0]
+    acc = np.empty(L)
+    ok = True
+    X[:] = 0.0  # absorbing vertices stay 0
+    for u in range(unit_ptr.shape[0] - 2, -1, -1):
+        ok = replay_unit(prog, u, th, vals, L) & ok
+        first, last = unit_ptr[u], unit_ptr[u + 1]
+        for r in range(R):
+            for j in range(k):
+                xj, rho = X[r, j], rewards[seq[r, j]]
+                if j == 0:
+                    for v in range(first, last):
+                        for ln in range(L):
+                            xj[v * L + ln] = rho[v]
+                else:
+                    prev = X[r, j - 1]
+                    for v in range(first, last):
+                        for ln in range(L):
+                            xj[v * L + ln] = rho[v] * prev[v * L + ln]
+                solve_unit(tape, u, vals, xj, acc, L)
+    return ok
+
+
+@njit(**_JIT)
+def block(th, b0, B, L):
+    """θ ``b0 : b0 + L``, padded with copies of the last θ past ``B``."""
+    out = np.empty((L, th.shape[1]))
+    for ln in range(L):
+        out[ln] = th[min(b0 + ln, B - 1)]
+    return out
+
+
+@njit(**_JIT)
+def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, L):
+    """``out[b, r, j] = fact[j]·z_{j+1}[S]`` (see :func:`forward`) for every θ of ``th``.
+
+    With ``seq[r, j] = r`` and ``fact[j] = (j+1)!`` that is ``E[Y_r^(j+1)]``. Returns
+    the first bad edge per θ (−1 where all rates were positive and finite).
+    """
+    numba.literally(L)
+    B = th.shape[0]
+    R, k = seq.shape
+    V = rewards.shape[1]
+    vals = np.empty(max_unit_ops * L)
+    X = np.empty((R, k, V * L))
+    bad = np.full(B, -1, dtype=np.int64)
+    for b0 in range(0, B, L):
+        thb = block(th, b0, B, L)
+        if not forward(prog, tape, rewards, seq, thb, X, vals, L):
+            bad[b0 : b0 + L] = bad_rates(prog, thb)[: min(L, B - b0)]
+        for ln in range(min(L, B - b0)):
+            for r in range(R):
+                for j in range(k):
+                    out[b0 + ln, r, j] = fact[j] * X[r, j, start * L + ln]
+    return bad
+
+
+@njit(**_JIT)
+def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, L):
+    """Moments ``E[Y_r^(j+1)]`` and ``jac[b, r, j, p] = ∂E[Y_r^(j+1)]/∂θ_p``."""
+    numba.literally(L)
+    B, P = th.shape
+    R, V = rewards.shape
+    k = fact.shape[0]
+    seq = np.empty((R, k), dtype=np.int64)
+    for r in range(R):
+        seq[r, :] = r
+    unit_ptr = tape[0]
+    unit_gptr, g_src, g_dst, g_coef = grads
+    vals = np.empty(max_unit_ops * L)
+    X = np.empty((R, k, V * L))
+    T = np.empty((R, k, V * L))  # T[r, i] accumulates ȳ⁽ⁱ⁺¹⁾; T[0, 0] serves every r
+    G = np.empty((R, k, L, P))
+    q = np.empty(L)
+    bad = np.full(B, -1, dtype=np.int64)
+    for b0 in range(0, B, L):
+        thb = block(th, b0, B, L)
+        if not forward(prog, tape, rewards, seq, thb, X, vals, L):
+            bad[b0 : b0 + L] = bad_rates(prog, thb)[: min(L, B - b0)]
+        T[:] = 0.0
+        G[:] = 0.0
+        for ln in range(L):
+            T[0, 0, start * L + ln] = 1.0
+        for u in range(unit_ptr.shape[0] - 1):  # cotangents flow downstream: π order
+            replay_unit(prog, u, thb, vals, L)
+            first, last = unit_ptr[u], unit_ptr[u + 1]
+            solve_unit_transposed(tape, u, vals, T[0, 0], q, L)  # ȳ⁽¹⁾ = A⁻ᵀ e_S
+            for r in range(R):
+                for i in range(1, k):  # ȳ⁽ⁱ⁺¹⁾ = A⁻ᵀ (r∘ȳ⁽ⁱ⁾)
+                    prev = T[0, 0] if i == 1 else T[r, i - 1]
+                    cur = T[r, i]
+                    for v in range(first, last):
+                        rv = rewards[r, v]
+                        for ln in range(L):
+                            cur[v * L + ln] = cur[v * L + ln] + rv * prev[v * L + ln]
+                    solve_unit_transposed(tape, u, vals, cur, q, L)
+                for j in range(k):
+                    for i in range(j + 1):
+                        y = T[0, 0] if i == 0 else T[r, i]
+                        z = X[r, j - i]
+                        g = G[r, j]
+                        for e in range(unit_gptr[u], unit_gptr[u + 1]):
+                            v, w = g_src[e] * L, g_dst[e] * L
+                            for ln in range(L):
+                                d = fact[j] * (y[v + ln] * (z[w + ln] - z[v + ln]))
+                                for p in range(P):
+                                    g[ln, p] += g_coef[e, p] * d
+        for ln in range(min(L, B - b0)):
+            for r in range(R):
+                for j in range(k):
+                    out[b0 + ln, r, j] = fact[j] * X[r, j, start * L + ln]
+                    for p in range(P):
+                        jac[b0 + ln, r, j, p] = G[r, j, ln, p]
+    return bad
+
+
+#: The lane counts the entry points are compiled for (one θ; a block of a batch).
+LANE_CHOICES = (1, 8)
+
+
+@njit(**_JIT)
+def moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, lanes):
+    """:func:`_moments_chunk` for ``lanes`` in :data:`LANE_CHOICES`.
+
+    The branches pass constants, so each specialisation is chosen when this function is
+    compiled, not on every call.
+    """
+    if lanes == 1:
+        return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, 1)
+    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, 8)
+
+
+@njit(**_JIT)
+def jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, lanes):
+    """:func:`_jacobian_chunk` for ``lanes`` in :data:`LANE_CHOICES` (as :func:`moments_chunk`)."""
+    if lanes == 1:
+        return _jacobian_chunk(
+            prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, 1
+        )
+    return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, 8)
+
+
+@njit(**_JIT)
+def bad_rates(prog, th):
+    """For each θ of ``th`` (B, P): the first edge whose rate is not a positive finite
+    number, or −1. Only run when :func:`replay_unit` reported one."""
+    base, coef_t = prog[8], prog[9]
+    out = np.full(th.shape[0], -1, dtype=np.int64)
+    for b in range(th.shape[0]):
+        for e in range(base.shape[0]):
+            v = base[e]
+            for i in range(th.shape[1]):
+                v = v + coef_t[i, e] * th[b, i]
+            if not (v > 0.0 and v < np.inf):
+                out[b] = e
+                break
+    return out

@@ -1,0 +1,310 @@
+"""Evaluate traces with the compiled replay kernel: moments and their Jacobian.
+
+:class:`CompiledTrace` holds a trace's arrays in the flat form the kernel reads
+(built once per trace and kept on it). :func:`moments` and :func:`moments_and_jacobian`
+split a batch of θ into chunks, one per thread (the kernel releases the GIL); each chunk
+is evaluated in blocks of :data:`LANES` θ with θ innermost (one θ alone runs scalar
+code). Memory is bounded by the block, never by the batch: one unit's values plus
+``R·k`` vectors of ``n_vertices·lanes`` (twice that for the Jacobian) per thread.
+
+The thread count follows the configured worker count (``configure(n_workers=...)``).
+numba compiles the kernel on first use and caches the machine code on disk (next to the
+package, or in numba's user cache directory), so a fresh process loads it instead of
+compiling again (about 10 s the first time, 0.5 s to load).
+
+This module imports numba; ``import phasetrace`` does not import it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import _kernel_impl as impl
+from ._args import bad_rate_error
+from .errors import TraceFormatError
+from .ops import CONST, FMA, LOAD, SUM, VERTEX_ABSORBING, VERTEX_START, VERTEX_TRANSIENT
+
+#: θ per block in batches (a compile-time constant of the batched kernel, one of
+#: ``_kernel_impl.LANE_CHOICES``). Measured on two_island(50, 200): 8 lanes run 2–3×
+#: faster per θ than scalar code.
+LANES = 8
+#: Vectors of ``n_vertices`` above this many bytes per thread make a batch run scalar.
+BLOCK_BYTES = 512 * 1024**2
+#: Smallest number of θ worth a thread of its own.
+MIN_THETAS_PER_THREAD = 16
+
+
+class CompiledTrace:
+    """A trace's arrays as the kernel reads them: contiguous, int32, slots local to units.
+
+    Exits to absorbing vertices are dropped: their targets' values are exactly 0, so they
+    add exactly nothing.
+    """
+
+    def __init__(self, trace):
+        arr = trace.arrays
+        self.n_params = trace.n_params
+        self.n_vertices = trace.n_vertices
+        self.n_ops = trace.n_ops
+        self.start = int(np.flatnonzero(arr["vertex_kind"] == VERTEX_START)[0])
+        self.transient = arr["vertex_kind"] == VERTEX_TRANSIENT
+        unit_optr = arr["unit_optr"]
+        self.max_unit_ops = int(np.diff(unit_optr).max()) if unit_optr.size > 1 else 0
+        self.prog, local = _local_program(arr, self.n_params)
+        exit_ptr, exit_dst, exit_slot = _live_exits(arr)
+        sigma = arr["sigma"]
+        self.tape = (
+            _i32(arr["unit_ptr"]),
+            _i32(arr["unit_xptr"]),
+            exit_ptr,
+            exit_dst,
+            _i32(local[exit_slot]),
+            np.ascontiguousarray(arr["x_kind"], dtype=np.int8),
+            _i32(arr["x_u"]),
+            _i32(arr["x_v"]),
+            _i32(local[arr["x_coef"]]),
+            _i32(arr["row_ptr"]),
+            _i32(arr["row_dst"]),
+            _i32(local[arr["row_slot"]]),
+            _i32(np.where(sigma >= 0, local[np.maximum(sigma, 0)], -1)),
+        )
+        self.grads = _gradient_edges(arr, self.transient, self.n_params)
+
+    def lanes(self, batch: int, vectors: int) -> int:
+        """θ per block: :data:`LANES` for a batch, 1 for one θ or when memory is short
+        (the kernel keeps ``vectors`` arrays of ``n_vertices`` per lane)."""
+        if batch < 2 or 8 * LANES * vectors * self.n_vertices > BLOCK_BYTES:
+            return 1
+        return LANES
+
+
+def _i32(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.int32)
+
+
+def _local_program(arr, n_params: int):
+    """The weight program with slot operands local to their unit.
+
+    Returns the kernel's ``prog`` bundle and ``local``, the unit-local position of every
+    slot (a unit's slots are one contiguous range, ``unit_optr[u] : unit_optr[u + 1]``).
+    """
+    code = np.ascontiguousarray(arr["code"], dtype=np.int8)
+    a, b, c, sum_args = (np.asarray(arr[n], dtype=np.int64) for n in ("a", "b", "c", "sum_args"))
+    unit_optr = np.ascontiguousarray(arr["unit_optr"], dtype=np.int64)
+    unit_eptr = np.searchsorted(arr["input_src"], arr["unit_ptr"]).astype(np.int64)
+    _check_edge_ops(arr, unit_optr, unit_eptr)
+    n = code.shape[0]
+    local = np.arange(n) - np.repeat(unit_optr[:-1], np.diff(unit_optr))
+    reads = (code != LOAD) & (code != CONST) & (code != SUM)
+    fma = code == FMA
+    n_edges = arr["input_base"].size
+    coef = np.asarray(arr["input_coef"], dtype=np.float64).reshape(n_edges, n_params)
+    prog = (
+        unit_optr,
+        unit_eptr,
+        code,
+        _i32(np.where(reads, local[np.where(reads, a, 0)], a)),
+        _i32(np.where(reads, local[np.where(reads, b, 0)], b)),
+        _i32(np.where(fma, local[np.where(fma, c, 0)], c)),
+        np.ascontiguousarray(arr["consts"], dtype=np.float64),
+        _i32(local[sum_args]),
+        np.ascontiguousarray(arr["input_base"], dtype=np.float64),
+        np.ascontiguousarray(coef.T),
+    )
+    return prog, local
+
+
+def _check_edge_ops(arr, unit_optr: np.ndarray, unit_eptr: np.ndarray) -> None:
+    """Check the layout the kernel relies on: each unit's first ops are its edges' rates.
+
+    The recorder emits them so (one LOAD per parameterised edge, one CONST holding the
+    rate of a constant edge, in edge order); a trace that is laid out otherwise is refused.
+    """
+    m = np.diff(unit_eptr)
+    ops = np.repeat(unit_optr[:-1], m) + np.arange(int(m.sum())) - np.repeat(unit_eptr[:-1], m)
+    edges = np.arange(int(m.sum()))
+    code, a = arr["code"][ops], arr["a"][ops]
+    coef = arr["input_coef"].reshape(edges.size, int(arr["n_params"]))
+    is_load = (code == LOAD) & (a == edges)
+    is_const = (code == CONST) & ~coef.any(axis=1)
+    if is_const.any():
+        const_ok = arr["consts"][a[is_const]] == arr["input_base"][edges[is_const]]
+        is_const[is_const] = const_ok
+    if not np.all((unit_optr[1:] - unit_optr[:-1]) >= m) or not np.all(is_load | is_const):
+        raise TraceFormatError("trace layout: a unit's first ops are not its edges' rates")
+
+
+def _gradient_edges(arr, transient: np.ndarray, n_params: int):
+    """``(unit_gptr, src, dst, coef)``: edges whose rate depends on θ, grouped by unit."""
+    src = arr["input_src"]
+    coef = np.asarray(arr["input_coef"], dtype=np.float64).reshape(src.size, n_params)
+    mask = coef.any(axis=1) & transient[src] if n_params else np.zeros(src.size, bool)
+    edges = np.flatnonzero(mask)  # sources increase with the edge index: grouped by unit
+    gptr = np.searchsorted(src[edges], arr["unit_ptr"])
+    return (
+        np.ascontiguousarray(gptr, dtype=np.int64),
+        _i32(src[edges]),
+        _i32(arr["input_dst"][edges]),
+        np.ascontiguousarray(coef[edges]).reshape(len(edges), n_params),
+    )
+
+
+def _live_exits(arr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exit arrays without entries that point to absorbing vertices."""
+    ptr, dst, slot = arr["exit_ptr"], arr["exit_dst"], arr["exit_slot"]
+    keep = arr["vertex_kind"][dst] != VERTEX_ABSORBING
+    owner = np.repeat(np.arange(ptr.shape[0] - 1), np.diff(ptr))
+    per_vertex = np.bincount(owner[keep], minlength=ptr.shape[0] - 1)
+    new_ptr = np.concatenate([[0], np.cumsum(per_vertex)])
+    return _i32(new_ptr), _i32(dst[keep]), np.asarray(slot[keep], dtype=np.int64)
+
+
+def compiled(trace) -> CompiledTrace:
+    """The trace's :class:`CompiledTrace`, built on first use and kept on the trace."""
+    ct = trace.__dict__.get("_compiled")
+    if ct is None:
+        ct = trace.__dict__["_compiled"] = CompiledTrace(trace)
+    return ct
+
+
+# -- threads --------------------------------------------------------------------------------
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _threads() -> int:
+    from .executors.base import resolve_n_workers
+    from .settings import resolve
+
+    return resolve_n_workers(resolve().n_workers)
+
+
+def _run(fn, batch: int) -> None:
+    """Run ``fn(lo, hi)`` over ``range(batch)`` in one chunk per thread, in parallel."""
+    n = batch // MIN_THETAS_PER_THREAD
+    n = min(_threads(), n) if n > 1 else 1
+    if n <= 1:
+        fn(0, batch)
+        return
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(n, thread_name_prefix="phasetrace-kernel")
+            _pool_size = n
+        pool = _pool
+    cuts = np.linspace(0, batch, n + 1).astype(int).tolist()
+    futures = [pool.submit(fn, lo, hi) for lo, hi in itertools.pairwise(cuts)]
+    for f in futures:
+        f.result()
+
+
+# -- evaluation -------------------------------------------------------------------------------
+def _factorials(k: int) -> np.ndarray:
+    return np.array([math.factorial(j) for j in range(1, k + 1)], dtype=np.float64)
+
+
+def _raise_bad(trace, bad: np.ndarray, thetas: np.ndarray) -> None:
+    hits = np.flatnonzero(bad >= 0)
+    if hits.size:
+        b = int(hits[0])
+        e = int(bad[b])
+        ct = compiled(trace)
+        th = thetas[b]
+        rate = ct.prog[8][e]
+        for i in range(ct.n_params):  # left to right, as the kernel
+            rate = rate + ct.prog[9][i, e] * th[i]
+        raise bad_rate_error(trace, e, rate, th)
+
+
+def moments(trace, thetas: np.ndarray, rewards: np.ndarray, k: int, *, check: bool = True):
+    """``E[Y_r^j]`` for θ (B, P) and rewards (R, V): shape (B, R, k).
+
+    ``rewards`` must be zero off transient vertices. With ``check`` a rate that is not a
+    positive finite number raises :class:`~phasetrace.errors.InvalidParameterError`;
+    without, that θ's results are NaN.
+    """
+    seq = np.repeat(np.arange(rewards.shape[0])[:, None], k, axis=1)
+    return passes(trace, thetas, rewards, seq, _factorials(k), check=check)
+
+
+def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndarray:
+    """``out[b, r, j] = scale[j]·z_{j+1}[S]``, ``z_{j+1} = F(rewards[seq[r, j]] ∘ z_j)``.
+
+    The general form of :func:`moments` (cross moments use sequences of two reward
+    vectors). Shape (B, R, k) for ``seq`` of shape (R, k).
+    """
+    ct = compiled(trace)
+    B = thetas.shape[0]
+    R, k = seq.shape
+    out = np.empty((B, R, k))
+    bad = np.empty(B, dtype=np.int64)
+    fn, lanes = impl.moments_chunk, ct.lanes(B, R * k)
+    rewards = np.ascontiguousarray(rewards, dtype=np.float64)
+    seq = np.ascontiguousarray(seq, dtype=np.int64)
+    scale = np.ascontiguousarray(scale, dtype=np.float64)
+
+    def chunk(lo: int, hi: int) -> None:
+        bad[lo:hi] = fn(
+            ct.prog,
+            ct.tape,
+            ct.start,
+            rewards,
+            seq,
+            scale,
+            thetas[lo:hi],
+            out[lo:hi],
+            ct.max_unit_ops,
+            lanes,
+        )
+
+    _run(chunk, B)
+    return _finish(trace, bad, thetas, check, out)
+
+
+def moments_and_jacobian(
+    trace, thetas: np.ndarray, rewards: np.ndarray, k: int, *, check: bool = True
+):
+    """Moments (B, R, k) and their Jacobian (B, R, k, P) with respect to θ."""
+    ct = compiled(trace)
+    B, P = thetas.shape
+    R = rewards.shape[0]
+    out = np.empty((B, R, k))
+    jac = np.empty((B, R, k, P))
+    bad = np.empty(B, dtype=np.int64)
+    fact = _factorials(k)
+    fn, lanes = impl.jacobian_chunk, ct.lanes(B, 2 * R * k)
+    rewards = np.ascontiguousarray(rewards, dtype=np.float64)
+
+    def chunk(lo: int, hi: int) -> None:
+        bad[lo:hi] = fn(
+            ct.prog,
+            ct.tape,
+            ct.grads,
+            ct.start,
+            rewards,
+            fact,
+            thetas[lo:hi],
+            out[lo:hi],
+            jac[lo:hi],
+            ct.max_unit_ops,
+            lanes,
+        )
+
+    _run(chunk, B)
+    return _finish(trace, bad, thetas, check, out, jac)
+
+
+def _finish(trace, bad, thetas, check: bool, *results):
+    if check:
+        _raise_bad(trace, bad, thetas)
+    for res in results:
+        res[bad >= 0] = np.nan
+    return results[0] if len(results) == 1 else results
