@@ -206,3 +206,79 @@ def test_repr_and_len():
 def test_a_callback_reaching_the_all_zero_state_gets_a_clear_message():
     with pytest.raises(InvalidGraphError, match="all-zero state is reserved"):
         pt.Graph.from_callback(lambda s: [] if s[0] == 0 else [((s[0] - 1,), 1.0)], [2])
+
+
+# -- building from arrays ---------------------------------------------------------------------
+def test_from_arrays_equals_the_same_graph_built_edge_by_edge():
+    states = np.array([[3], [2], [1], [4]])
+    src, dst = [0, 1, 1, 3], [1, 2, 3, 0]
+    g = pt.Graph.from_arrays(
+        states, src, dst, [0.0, 1.0, 0.5, 2.0], [[3.0], [0.0], [0.0], [0.0]], initial=([0], [1.0])
+    )
+    h = pt.Graph(state_length=1, n_params=1)
+    v = {s: h.find_or_create_vertex([s]) for s in (3, 2, 1, 4)}
+    h.starting_vertex().add_edge(v[3], 1.0)
+    v[3].add_edge_parameterized(v[2], 0.0, [3.0])
+    v[2].add_edge(v[1], 1.0)
+    v[2].add_edge(v[4], 0.5)
+    v[4].add_edge(v[3], 2.0)
+    assert g.to_json() == h.to_json() and g.content_key() == h.content_key()
+    assert pt.record_trace(g).digest() == pt.record_trace(h).digest()
+    assert len(g) == 5 and g.n_edges == 5
+    # The vertex API works on an array-built graph (and edits it).
+    assert [e.to.state().tolist() for e in g.find_vertex([2]).edges()] == [[1], [4]]
+    g.find_vertex([1]).add_edge(g.find_or_create_vertex([9]), 1.0)
+    assert g.n_edges == 6 and not g.find_vertex([1]).is_absorbing()
+
+
+def test_models_built_from_arrays_equal_the_callback_builder():
+    def step(state):
+        a, b = state
+        if a + b <= 1:
+            return []
+        out = []
+        if a >= 2:
+            out.append(((a - 1, b), (0.0, [a * (a - 1) / 2, 0.0])))
+        if b >= 2:
+            out.append(((a, b - 1), (0.0, [b * (b - 1) / 2, 0.0])))
+        if a >= 1:
+            out.append(((a - 1, b + 1), (0.0, [0.0, float(a)])))
+        if b >= 1:
+            out.append(((a + 1, b - 1), (0.0, [0.0, float(b)])))
+        return out
+
+    for n in (2, 5, 9):
+        by_callback = pt.Graph.from_callback(step, [n, 0], n_params=2)
+        assert pt.models.two_island(n).to_json() == by_callback.to_json()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"states": [[1], [1]]}, r"state \[1\]: appears twice"),
+        ({"states": [[0], [1]]}, r"the all-zero state is reserved"),
+        ({"states": [[1.5], [2]]}, r"states must be integers"),
+        ({"src": [0, 2]}, r"src\[1\] = 2 is not a row"),
+        ({"dst": [1, -1]}, r"dst\[1\] = -1 is not a row"),
+        ({"src": [0, 0], "dst": [1, 1]}, r"state \[1\] -> state \[2\]: a parallel edge"),
+        ({"dst": [1, 1]}, r"state \[2\] -> itself: self-loops"),
+        ({"weights": [1.0, -2.0]}, r"state \[2\] -> state \[1\]: weight -2.0 must be > 0"),
+        ({"weights": [1.0, np.nan]}, r"not finite"),
+        ({"initial": ([5], [1.0])}, r"initial: indices \[5\]"),
+        ({"initial": ([0], [-1.0])}, r"probabilities \[-1.0\] must be > 0"),
+        ({"weights": [1.0]}, r"one equal length"),
+    ],
+)
+def test_from_arrays_rejects_bad_input_naming_the_place(kwargs, message):
+    args = {"states": [[1], [2]], "src": [0, 1], "dst": [1, 0], "weights": [1.0, 2.0]}
+    args.update(kwargs)
+    initial = args.pop("initial", ([0], [1.0]))
+    with pytest.raises(InvalidGraphError, match=message):
+        g = pt.Graph.from_arrays(**args, initial=initial)
+        g.validate()
+
+
+def test_validate_on_arrays_names_stuck_states():
+    g = pt.Graph.from_arrays([[1], [2], [3]], [0, 1], [1, 0], [1.0, 1.0], initial=([0], [1.0]))
+    with pytest.raises(InvalidGraphError, match=r"state \[1\], \[2\]: transient vertex cannot"):
+        g.validate()

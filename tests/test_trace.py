@@ -9,13 +9,15 @@ import sys
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import phasetrace as pt
+from phasetrace._graphalgo import scc_labels
 from phasetrace.elimination import record_unit
 from phasetrace.evaluate import cross_moment as ref_cross_moment
 from phasetrace.evaluate import moments as ref_moments
 from phasetrace.evaluate import slot_values
-from phasetrace.scc import WorkUnit, decompose, strongly_connected_components
+from phasetrace.scc import WorkUnit, decompose
 from phasetrace.trace import Trace, stitch
 from strategies import cyclic_graphs, thetas
 
@@ -190,13 +192,36 @@ def test_arrays_are_read_only_and_summary_counts():
     assert s["x_program"] > 0 and "Trace" in repr(trace)
 
 
+def _csr(successors):
+    ptr = np.cumsum([0] + [len(s) for s in successors])
+    dst = np.array([w for s in successors for w in s], dtype=np.int64)
+    return ptr.astype(np.int64), dst
+
+
 def test_iterative_tarjan_handles_long_chains_without_recursion():
     n = 100_000
-    succ = [[i + 1] for i in range(n - 1)] + [[0]]  # one big cycle
-    comps = strongly_connected_components(succ)
-    assert len(comps) == 1 and len(comps[0]) == n
-    comps = strongly_connected_components([[i + 1] for i in range(n - 1)] + [[]])
-    assert len(comps) == n and comps[0] == [n - 1]
+    label, n_comp = scc_labels(*_csr([[i + 1] for i in range(n - 1)] + [[0]]))  # one cycle
+    assert n_comp == 1 and (label == 0).all()
+    label, n_comp = scc_labels(*_csr([[i + 1] for i in range(n - 1)] + [[]]))  # a chain
+    assert n_comp == n and label[n - 1] == 0  # sinks first
+
+
+@settings(max_examples=60, deadline=None)
+@given(edges=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), max_size=40))
+def test_tarjan_agrees_with_mutual_reachability(edges):
+    """Same component iff each reaches the other; components numbered sinks first."""
+    n = 12
+    succ = [sorted({w for u, w in edges if u == v}) for v in range(n)]
+    label, n_comp = scc_labels(*_csr(succ))
+    reach = np.eye(n, dtype=bool)
+    for u, w in edges:
+        reach[u, w] = True
+    for k in range(n):  # transitive closure (Floyd–Warshall on booleans)
+        reach |= reach[:, [k]] & reach[[k], :]
+    assert np.array_equal(label[:, None] == label[None, :], reach & reach.T)
+    assert set(label.tolist()) == set(range(n_comp))
+    for u, w in edges:  # an edge never points to a component completed later
+        assert label[u] >= label[w]
 
 
 def test_same_scc_in_two_graphs_gives_the_same_unit_key():

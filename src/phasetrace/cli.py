@@ -286,12 +286,11 @@ def load_model(spec: str) -> pt.Graph:
 
 
 def _scc_summary(graph: pt.Graph) -> tuple[int, int]:
-    """(number of SCCs of transient vertices, size of the largest)."""
-    from phasetrace.scc import strongly_connected_components
+    """(number of SCCs of non-absorbing vertices, the start's included; the largest)."""
+    from phasetrace.scc import decompose
 
-    successors = [[e.to.index for e in v.edges()] for v in graph.vertices()]
-    comps = [c for c in strongly_connected_components(successors) if successors[c[0]]]
-    return len(comps), max((len(c) for c in comps), default=0)
+    sizes = [u.n_internal for u in decompose(graph).units]
+    return len(sizes), max(sizes, default=0)
 
 
 # -- θ and rewards ------------------------------------------------------------------------------

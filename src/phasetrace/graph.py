@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +56,43 @@ class Edge:
         return w
 
 
+@dataclass(frozen=True, eq=False)
+class GraphArrays:
+    """A graph as arrays (read-only), vertices in creation order, the start first.
+
+    Attributes
+    ----------
+    states : ndarray (N, state_length) int64
+    ptr : ndarray (N + 1,) int64
+        The out-edges of vertex ``v`` are ``ptr[v] : ptr[v + 1]``, in the order they were
+        added.
+    dst : ndarray (E,) int64
+        Target vertex of each edge.
+    base : ndarray (E,) float64
+        Constant rate, or the base of a parameterized rate.
+    coef : ndarray (E, n_params) float64
+        Coefficients of a parameterized rate (zeros for a constant edge).
+    param : ndarray (E,) bool
+        Whether the edge was added as parameterized.
+    """
+
+    states: np.ndarray
+    ptr: np.ndarray
+    dst: np.ndarray
+    base: np.ndarray
+    coef: np.ndarray
+    param: np.ndarray
+
+    def __post_init__(self):
+        for a in (self.states, self.ptr, self.dst, self.base, self.coef, self.param):
+            a.flags.writeable = False
+
+    @property
+    def src(self) -> np.ndarray:
+        """Source vertex of each edge."""
+        return np.repeat(np.arange(self.ptr.shape[0] - 1), np.diff(self.ptr))
+
+
 class Vertex:
     """A handle on one vertex of a :class:`Graph` (cheap; compare with ``==``)."""
 
@@ -73,7 +109,7 @@ class Vertex:
 
     def state(self) -> np.ndarray:
         """The state vector (a fresh int64 array)."""
-        return np.array(self._graph._states[self._index], dtype=np.int64)
+        return np.array(self._graph._state(self._index), dtype=np.int64)
 
     def edges(self) -> list[Edge]:
         """Out-edges in the order they were added."""
@@ -85,7 +121,7 @@ class Vertex:
 
     def is_absorbing(self) -> bool:
         """True for a vertex other than the start with no out-edges."""
-        return self._index != 0 and not self._graph._out[self._index]
+        return self._index != 0 and self._graph._out_degree(self._index) == 0
 
     def add_edge(self, to: Vertex, weight: float) -> None:
         """Add a constant edge ``self → to`` with rate ``weight > 0``.
@@ -127,7 +163,7 @@ class Vertex:
         return hash((id(self._graph), self._index))
 
     def __repr__(self) -> str:
-        return f"Vertex({list(self._graph._states[self._index])})"
+        return f"Vertex({list(self._graph._state(self._index))})"
 
 
 class Graph:
@@ -155,19 +191,76 @@ class Graph:
     """
 
     def __init__(self, state_length: int, n_params: int = 0):
-        if not isinstance(state_length, int | np.integer) or state_length < 1:
+        if isinstance(state_length, bool) or not isinstance(state_length, int | np.integer):
             raise ValueError(f"state_length must be a positive int, got {state_length!r}")
-        if not isinstance(n_params, int | np.integer) or n_params < 0:
+        if state_length < 1:
+            raise ValueError(f"state_length must be a positive int, got {state_length!r}")
+        if isinstance(n_params, bool) or not isinstance(n_params, int | np.integer):
+            raise ValueError(f"n_params must be a non-negative int, got {n_params!r}")
+        if n_params < 0:
             raise ValueError(f"n_params must be a non-negative int, got {n_params!r}")
         self.state_length = int(state_length)
         self.n_params = int(n_params)
         start = (0,) * self.state_length
-        self._states: list[tuple[int, ...]] = [start]
-        self._index: dict[tuple[int, ...], int] = {start: 0}
-        self._out: list[dict[int, _EdgeData]] = [{}]
+        # Two representations: Python structures (what the vertex/edge API edits) and
+        # arrays (what validation, decomposition and keys read). Either may be missing
+        # and is built from the other on first use; a change drops the arrays.
+        self._states_list: list[tuple[int, ...]] | None = [start]
+        self._index_dict: dict[tuple[int, ...], int] | None = {start: 0}
+        self._out_list: list[dict[int, _EdgeData]] | None = [{}]
+        self._arrays: GraphArrays | None = None
         # Bumped by every change, so derived data (the pipeline's decomposition) can be
         # reused while the graph is unchanged.
         self._version = 0
+
+    # -- the two representations ---------------------------------------------------------
+    @property
+    def _states(self) -> list[tuple[int, ...]]:
+        if self._states_list is None:
+            self._states_list = list(map(tuple, self._arrays.states.tolist()))
+        return self._states_list
+
+    @property
+    def _index(self) -> dict[tuple[int, ...], int]:
+        if self._index_dict is None:
+            self._index_dict = {s: i for i, s in enumerate(self._states)}
+        return self._index_dict
+
+    @property
+    def _out(self) -> list[dict[int, _EdgeData]]:
+        if self._out_list is None:
+            self._out_list = _out_lists(self._arrays)
+        return self._out_list
+
+    def _state(self, i: int) -> tuple[int, ...]:
+        if self._states_list is None:
+            return tuple(self._arrays.states[i].tolist())
+        return self._states_list[i]
+
+    def _out_degree(self, i: int) -> int:
+        if self._out_list is None:
+            return int(self._arrays.ptr[i + 1] - self._arrays.ptr[i])
+        return len(self._out_list[i])
+
+    def _changed(self) -> None:
+        """Before an edit: make the Python structures current and drop the arrays."""
+        _ = self._states, self._index, self._out
+        self._arrays = None
+        self._version += 1
+
+    def arrays(self) -> GraphArrays:
+        """The graph as arrays (built once per change; read-only).
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> a = pt.models.kingman(3, state_space="lineages").arrays()
+        >>> a.states.tolist(), a.dst.tolist()
+        ([[0], [3], [2], [1]], [1, 2, 3])
+        """
+        if self._arrays is None:
+            self._arrays = _arrays_from_lists(self._states, self._out, self.n_params)
+        return self._arrays
 
     # -- construction -------------------------------------------------------------------
     def starting_vertex(self) -> Vertex:
@@ -193,8 +286,8 @@ class Graph:
         key = self._key(state)
         i = self._index.get(key)
         if i is None:
+            self._changed()
             i = len(self._states)
-            self._version += 1
             self._states.append(key)
             self._index[key] = i
             self._out.append({})
@@ -202,17 +295,21 @@ class Graph:
 
     def vertices(self) -> list[Vertex]:
         """All vertices in creation order; the starting vertex is first."""
-        return [Vertex(self, i) for i in range(len(self._states))]
+        return [Vertex(self, i) for i in range(len(self))]
 
     def __len__(self) -> int:
-        return len(self._states)
+        if self._states_list is None:
+            return int(self._arrays.states.shape[0])
+        return len(self._states_list)
 
     @property
     def n_edges(self) -> int:
-        return sum(len(o) for o in self._out)
+        if self._out_list is None:
+            return int(self._arrays.dst.shape[0])
+        return sum(len(o) for o in self._out_list)
 
     def _describe(self, i: int) -> str:
-        return "start" if i == 0 else f"state {list(self._states[i])}"
+        return "start" if i == 0 else f"state {list(self._state(i))}"
 
     def _add_edge(self, src: int, to: Vertex, weight: float, coefficients) -> None:
         if not isinstance(to, Vertex) or to._graph is not self:
@@ -243,8 +340,8 @@ class Graph:
             coefs = self._check_coefficients(where, src, coefficients)
         if coefs is None and base <= 0.0:
             raise InvalidGraphError(f"{where}: weight {base!r} must be > 0")
+        self._changed()
         self._out[src][dst] = (base, coefs)
-        self._version += 1
 
     def _check_coefficients(self, where: str, src: int, coefficients) -> tuple[float, ...]:
         if src == 0:
@@ -262,57 +359,60 @@ class Graph:
 
     # -- validation ---------------------------------------------------------------------
     def validate(self) -> None:
-        """Check the whole-graph rules of ``elimination.md`` §1.
+        """Check the whole-graph rules: an initial distribution summing to 1, and every
+        transient vertex able to reach an absorbing one (else ``(−S)`` is singular).
 
         Raises
         ------
         InvalidGraphError
-            If the initial distribution does not sum to 1, or a transient vertex cannot
-            reach an absorbing vertex. The message names the vertex state.
+            If a rule is broken. The message names the vertex state.
         """
-        start = self._out[0]
-        if not start:
+        arr = self.arrays()
+        start = slice(int(arr.ptr[0]), int(arr.ptr[1]))
+        if start.stop == start.start:
             raise InvalidGraphError(
                 "start: the starting vertex has no out-edges (no initial distribution)"
             )
-        total = math.fsum(b for b, _ in start.values())
+        total = math.fsum(arr.base[start].tolist())
         if abs(total - 1.0) > INITIAL_SUM_TOL:
             raise InvalidGraphError(
                 f"start: initial distribution sums to {total!r}, not 1; for a defect add an "
                 "explicit edge from the start to an absorbing vertex"
             )
-        stuck = self._vertices_not_reaching_absorption()
-        if stuck:
-            shown = ", ".join(str(list(self._states[i])) for i in stuck[:5])
-            more = f" and {len(stuck) - 5} more" if len(stuck) > 5 else ""
+        stuck = self._vertices_not_reaching_absorption(arr)
+        if stuck.size:
+            shown = ", ".join(str(s) for s in arr.states[stuck[:5]].tolist())
+            more = f" and {stuck.size - 5} more" if stuck.size > 5 else ""
             raise InvalidGraphError(
                 f"state {shown}{more}: transient vertex cannot reach an absorbing vertex "
                 "(a closed class without exit; (-S) is singular)"
             )
 
-    def _vertices_not_reaching_absorption(self) -> list[int]:
-        n = len(self._states)
-        parents: list[list[int]] = [[] for _ in range(n)]
-        for u, out in enumerate(self._out):
-            for w in out:
-                parents[w].append(u)
-        seen = [False] * n
-        queue = deque(i for i in range(1, n) if not self._out[i])
-        for i in queue:
-            seen[i] = True
-        while queue:
-            w = queue.popleft()
-            for u in parents[w]:
-                if not seen[u]:
-                    seen[u] = True
-                    queue.append(u)
-        return sorted((i for i in range(1, n) if not seen[i]), key=lambda i: self._states[i])
+    @staticmethod
+    def _vertices_not_reaching_absorption(arr: GraphArrays) -> np.ndarray:
+        from ._graphalgo import reaches
+
+        absorbing = np.diff(arr.ptr) == 0
+        absorbing[0] = False
+        seen = reaches(arr.ptr, arr.dst, absorbing)
+        seen[0] = True  # the start earns no time; its targets are checked themselves
+        stuck = np.flatnonzero(~seen)
+        return stuck[_state_order(arr.states[stuck])] if stuck.size else stuck[:0]
 
     # -- canonical serialization -------------------------------------------------------
     def canonical_order(self) -> list[int]:
         """Vertex indices: the start first, then the rest sorted by state."""
-        rest = sorted(range(1, len(self._states)), key=self._states.__getitem__)
-        return [0, *rest]
+        return _canonical_order(self.arrays().states).tolist()
+
+    def _canonical(self) -> tuple[GraphArrays, np.ndarray, np.ndarray]:
+        """Arrays, canonical vertex order, and edges sorted by (source, target) position."""
+        arr = self.arrays()
+        order = _canonical_order(arr.states)
+        pos = np.empty_like(order)
+        pos[order] = np.arange(order.size)
+        src, dst = pos[arr.src], pos[arr.dst]
+        edges = np.lexsort((dst, src))
+        return arr, order, edges
 
     def to_json(self) -> str:
         """Canonical JSON: equal graphs give equal strings, whatever their creation order.
@@ -327,19 +427,22 @@ class Graph:
         >>> pt.Graph.from_json(g.to_json()).to_json() == g.to_json()
         True
         """
-        order = self.canonical_order()
-        pos = {old: new for new, old in enumerate(order)}
-        edges = []
-        for old in order:
-            for t, (b, c) in sorted(self._out[old].items(), key=lambda kv: pos[kv[0]]):
-                edges.append([pos[old], pos[t], b, None if c is None else list(c)])
+        arr, order, edges = self._canonical()
+        pos = np.empty_like(order)
+        pos[order] = np.arange(order.size)
+        src, dst = pos[arr.src][edges].tolist(), pos[arr.dst][edges].tolist()
+        base, param = arr.base[edges].tolist(), arr.param[edges].tolist()
+        coef = arr.coef[edges].tolist()
         doc = {
             "format": _JSON_FORMAT,
             "version": _JSON_VERSION,
             "state_length": self.state_length,
             "n_params": self.n_params,
-            "vertices": [list(self._states[i]) for i in order],
-            "edges": edges,
+            "vertices": arr.states[order].tolist(),
+            "edges": [
+                [s, d, b, c if p else None]
+                for s, d, b, c, p in zip(src, dst, base, coef, param, strict=True)
+            ],
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
@@ -366,10 +469,35 @@ class Graph:
         return g
 
     def content_key(self) -> str:
-        """sha256 (hex) of :meth:`to_json`: a name for this graph's content."""
+        """sha256 (hex) of the graph's canonical content: equal graphs, equal keys.
+
+        Computed from arrays in canonical order (vertices by state, edges by position), so
+        it costs about what sorting the graph costs, and nothing depends on creation
+        order.
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> pt.models.kingman(5).content_key() == pt.models.kingman(5).content_key()
+        True
+        """
         import hashlib
 
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        arr, order, edges = self._canonical()
+        pos = np.empty_like(order)
+        pos[order] = np.arange(order.size)
+        h = hashlib.sha256(b"phasetrace.graph/%d" % _JSON_VERSION)
+        h.update(np.array([self.state_length, self.n_params, order.size, edges.size]).tobytes())
+        for part in (
+            arr.states[order],
+            pos[arr.src][edges],
+            pos[arr.dst][edges],
+            arr.base[edges],
+            arr.coef[edges],
+            arr.param[edges],
+        ):
+            h.update(np.ascontiguousarray(part).astype(part.dtype.newbyteorder("<")).tobytes())
+        return h.hexdigest()
 
     # -- builders ----------------------------------------------------------------------
     @classmethod
@@ -406,25 +534,188 @@ class Graph:
         1.5
         """
         pairs = _initial_pairs(initial)
-        g = cls(len(pairs[0][0]), n_params)
-        queue: deque[tuple[int, ...]] = deque()
-        for state, prob in pairs:
-            v = g.find_or_create_vertex(state)
-            g.starting_vertex().add_edge(v, prob)
-            queue.append(tuple(int(s) for s in state))
-        seen = set(queue)
-        while queue:
-            state = queue.popleft()
-            v = g.find_vertex(state)
-            for nxt, (base, coefs) in _merge_transitions(callback(state), n_params).items():
-                w = g.find_or_create_vertex(nxt)
-                if coefs is None:
-                    v.add_edge(w, base)
-                else:
-                    v.add_edge_parameterized(w, base, coefs)
-                if nxt not in seen:
-                    seen.add(nxt)
-                    queue.append(nxt)
+        index: dict[tuple[int, ...], int] = {}
+        for state, _ in pairs:
+            index.setdefault(tuple(int(s) for s in state), len(index))
+        states = list(index)
+        src: list[int] = []
+        dst: list[int] = []
+        base: list[float] = []
+        coef: list[tuple[float, ...] | None] = []
+        i = 0
+        while i < len(states):  # breadth first: the list grows while we walk it
+            for nxt, (b, c) in _merge_transitions(callback(states[i]), n_params).items():
+                j = index.get(nxt)
+                if j is None:
+                    j = index[nxt] = len(states)
+                    states.append(nxt)
+                src.append(i)
+                dst.append(j)
+                base.append(b)
+                coef.append(c)
+            i += 1
+        return cls._from_lists(states, src, dst, base, coef, pairs, index, n_params)
+
+    @classmethod
+    def _from_lists(cls, states, src, dst, base, coef, pairs, index, n_params) -> Graph:
+        """:meth:`from_arrays` for a builder's lists; ``coef`` entries ``None`` are constant."""
+        param = np.array([c is not None for c in coef], dtype=bool)
+        zeros = (0.0,) * n_params
+        coefs = [zeros if c is None else c for c in coef]
+        for c in coefs:
+            if len(c) != n_params:
+                raise InvalidGraphError(
+                    f"{len(c)} coefficients given, the graph has n_params={n_params}"
+                )
+        lengths = {len(s) for s in states}
+        if len(lengths) != 1:
+            raise InvalidGraphError(f"states have different lengths {sorted(lengths)}")
+        initial = ([index[tuple(int(x) for x in s)] for s, _ in pairs], [p for _, p in pairs])
+        return cls._build(
+            _int_array(states, "states").reshape(len(states), -1),
+            np.asarray(src, dtype=np.int64),
+            np.asarray(dst, dtype=np.int64),
+            np.asarray(base, dtype=np.float64),
+            np.asarray(coefs, dtype=np.float64).reshape(len(coefs), n_params),
+            param,
+            initial,
+            n_params,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        states,
+        src,
+        dst,
+        weights,
+        coefficients=None,
+        *,
+        initial,
+        n_params: int | None = None,
+    ) -> Graph:
+        """Build a graph from arrays of transitions, with no Python loop per edge.
+
+        Parameters
+        ----------
+        states : array_like of int, shape (N, state_length)
+            The states of the vertices other than the start, one per row, all distinct
+            (the all-zero state is the start's).
+        src, dst : array_like of int, shape (E,)
+            Each transition's source and target: rows of ``states``.
+        weights : array_like of float, shape (E,)
+            The constant rate, or the base of a parameterized rate.
+        coefficients : array_like of float, shape (E, n_params), optional
+            The rate of edge ``e`` is ``weights[e] + coefficients[e] · θ``; an edge whose
+            coefficients are all zero is a constant edge (its weight must be > 0).
+        initial : (indices, probabilities)
+            Where the chain starts: rows of ``states`` and their probabilities.
+        n_params : int, optional
+            Length of θ (default: the number of columns of ``coefficients``, else 0).
+
+        Returns
+        -------
+        Graph
+
+        Raises
+        ------
+        InvalidGraphError
+            For duplicate states, an index out of range, a self-loop, a parallel edge, a
+            non-finite or non-positive constant rate; the message names the states.
+
+        Examples
+        --------
+        The Kingman coalescent on lineage counts 4 → 3 → 2 → 1 (θ = coalescence rate):
+
+        >>> import numpy as np, phasetrace as pt
+        >>> k = np.arange(4, 0, -1)                      # states [4], [3], [2], [1]
+        >>> g = pt.Graph.from_arrays(
+        ...     k[:, None], src=[0, 1, 2], dst=[1, 2, 3], weights=np.zeros(3),
+        ...     coefficients=(k[:3] * (k[:3] - 1) / 2)[:, None], initial=([0], [1.0]))
+        >>> float(pt.record_trace(g).expectation([1.0]))   # 2(1 - 1/4)
+        1.5
+        """
+        st = _int_array(states, "states")
+        if st.ndim != 2 or st.shape[1] < 1:
+            raise InvalidGraphError(f"states must be (N, state_length); got shape {st.shape}")
+        w = _float_array(weights, "weights")
+        if coefficients is None:
+            p = 0 if n_params is None else int(n_params)
+            coef = np.zeros((w.shape[0], p))
+        else:
+            coef = _float_array(coefficients, "coefficients")
+            coef = coef.reshape(w.shape[0], -1) if coef.ndim == 1 and n_params == 1 else coef
+            if coef.ndim != 2 or coef.shape[0] != w.shape[0]:
+                raise InvalidGraphError(
+                    f"coefficients must be (E, n_params) with E={w.shape[0]}; got {coef.shape}"
+                )
+            p = coef.shape[1] if n_params is None else int(n_params)
+            if coef.shape[1] != p:
+                raise InvalidGraphError(f"coefficients have {coef.shape[1]} columns, n_params={p}")
+        idx, probs = initial
+        return cls._build(
+            st,
+            _int_array(src, "src"),
+            _int_array(dst, "dst"),
+            w,
+            coef,
+            coef.any(axis=1),
+            (_int_array(idx, "initial indices").tolist(), _float_array(probs, "probabilities")),
+            p,
+        )
+
+    @classmethod
+    def _build(cls, states, src, dst, base, coef, param, initial, n_params) -> Graph:
+        """Check transitions given as arrays and make the graph (start = vertex 0)."""
+        n, length = states.shape
+        where = _ArrayPlaces(states)
+        if src.shape != dst.shape or src.shape != base.shape or src.ndim != 1:
+            raise InvalidGraphError(
+                f"src, dst and weights must have one equal length; got {src.shape}, "
+                f"{dst.shape}, {base.shape}"
+            )
+        for name, a in (("src", src), ("dst", dst)):
+            bad = np.flatnonzero((a < 0) | (a >= n))
+            if bad.size:
+                raise InvalidGraphError(f"{name}[{bad[0]}] = {a[bad[0]]} is not a row of states")
+        _check_states(states, where)
+        loops = np.flatnonzero(src == dst)
+        if loops.size:
+            raise InvalidGraphError(
+                f"edge {where(src[loops[0]])} -> itself: self-loops are not allowed"
+            )
+        pairs = src * n + dst
+        order = np.argsort(pairs, kind="stable")
+        dup = np.flatnonzero(pairs[order][1:] == pairs[order][:-1])
+        if dup.size:
+            e = order[dup[0]]
+            raise InvalidGraphError(
+                f"edge {where(src[e])} -> {where(dst[e])}: a parallel edge (add the rates "
+                "into one edge)"
+            )
+        _check_rates(base, coef, param, src, dst, where)
+        idx, probs = initial
+        probs = np.asarray(probs, dtype=np.float64)
+        if len(idx) != probs.shape[0] or not len(idx):
+            raise InvalidGraphError("initial: give one probability per starting state")
+        if len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= n:
+            raise InvalidGraphError(f"initial: indices {idx} must be distinct rows of states")
+        if not (np.isfinite(probs).all() and (probs > 0).all()):
+            raise InvalidGraphError(f"initial: probabilities {probs.tolist()} must be > 0")
+        # Vertex 0 is the start; user row i is vertex i + 1. Edges grouped by source.
+        order = np.argsort(src, kind="stable")
+        all_src = np.concatenate([np.zeros(len(idx), np.int64), src[order] + 1])
+        arrays = GraphArrays(
+            states=np.concatenate([np.zeros((1, length), np.int64), states]),
+            ptr=np.searchsorted(all_src, np.arange(n + 2)).astype(np.int64),
+            dst=np.concatenate([np.asarray(idx, np.int64) + 1, dst[order] + 1]),
+            base=np.concatenate([probs, base[order]]),
+            coef=np.concatenate([np.zeros((len(idx), n_params)), coef[order]]),
+            param=np.concatenate([np.zeros(len(idx), bool), param[order]]),
+        )
+        g = cls(length, n_params)
+        g._states_list = g._index_dict = g._out_list = None
+        g._arrays = arrays
         return g
 
     @classmethod
@@ -552,3 +843,103 @@ def _merge_transitions(transitions, n_params: int) -> dict:
         else:
             merged[key] = (base, coefs)
     return merged
+
+
+# -- arrays ---------------------------------------------------------------------------------
+def _state_order(states: np.ndarray) -> np.ndarray:
+    """Indices that sort the rows of ``states`` lexicographically (as tuples sort)."""
+    if states.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.lexsort(states.T[::-1])
+
+
+def _canonical_order(states: np.ndarray) -> np.ndarray:
+    """The start (vertex 0) first, then every other vertex by state."""
+    return np.concatenate([[0], 1 + _state_order(states[1:])]).astype(np.int64)
+
+
+def _arrays_from_lists(states, outs, n_params: int) -> GraphArrays:
+    ptr = np.zeros(len(outs) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(o) for o in outs])
+    zeros = (0.0,) * n_params
+    dst = [t for o in outs for t in o]
+    data = [d for o in outs for d in o.values()]
+    return GraphArrays(
+        states=np.array(states, dtype=np.int64).reshape(len(states), -1),
+        ptr=ptr,
+        dst=np.array(dst, dtype=np.int64),
+        base=np.array([b for b, _ in data], dtype=np.float64),
+        coef=np.array([zeros if c is None else c for _, c in data], dtype=np.float64).reshape(
+            len(data), n_params
+        ),
+        param=np.array([c is not None for _, c in data], dtype=bool),
+    )
+
+
+def _out_lists(arr: GraphArrays) -> list[dict[int, _EdgeData]]:
+    dst, base = arr.dst.tolist(), arr.base.tolist()
+    coef, param = arr.coef.tolist(), arr.param.tolist()
+    ptr = arr.ptr.tolist()
+    return [
+        {dst[e]: (base[e], tuple(coef[e]) if param[e] else None) for e in range(ptr[v], ptr[v + 1])}
+        for v in range(len(ptr) - 1)
+    ]
+
+
+class _ArrayPlaces:
+    """Names a row of a user's ``states`` array in error messages."""
+
+    def __init__(self, states: np.ndarray):
+        self.states = states
+
+    def __call__(self, row: int) -> str:
+        return f"state {self.states[int(row)].tolist()}"
+
+
+def _int_array(values, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidGraphError(f"{name} must be an array of integers: {exc}") from None
+    if a.size and a.dtype.kind not in "iu":
+        raise InvalidGraphError(f"{name} must be integers (int64); got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise InvalidGraphError(f"{name}: values above {np.iinfo(np.int64).max} do not fit int64")
+    return a.astype(np.int64)
+
+
+def _float_array(values, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidGraphError(f"{name} must be an array of numbers: {exc}") from None
+    return a
+
+
+def _check_states(states: np.ndarray, where: _ArrayPlaces) -> None:
+    zero = np.flatnonzero(~states.any(axis=1))
+    if zero.size:
+        raise InvalidGraphError(
+            f"{where(zero[0])}: the all-zero state is reserved for the starting vertex "
+            "(shift your states if one of them is all zeros)"
+        )
+    order = _state_order(states)
+    same = np.flatnonzero((states[order][1:] == states[order][:-1]).all(axis=1))
+    if same.size:
+        raise InvalidGraphError(f"{where(order[same[0]])}: appears twice in states")
+
+
+def _check_rates(base, coef, param, src, dst, where: _ArrayPlaces) -> None:
+    bad = np.flatnonzero(~np.isfinite(base) | ~np.isfinite(coef).all(axis=1))
+    if bad.size:
+        e = bad[0]
+        raise InvalidGraphError(
+            f"edge {where(src[e])} -> {where(dst[e])}: rate {float(base[e])!r} + "
+            f"{coef[e].tolist()}·θ is not finite"
+        )
+    bad = np.flatnonzero(~param & ~(base > 0))
+    if bad.size:
+        e = bad[0]
+        raise InvalidGraphError(
+            f"edge {where(src[e])} -> {where(dst[e])}: weight {float(base[e])!r} must be > 0"
+        )

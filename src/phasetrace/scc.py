@@ -1,6 +1,6 @@
 """Strongly connected components, the elimination order π, and work units.
 
-The order (``elimination.md`` §5) is intrinsic to the graph's content: SCCs in a
+The order (docs/algorithm.md) is intrinsic to the graph's content: SCCs in a
 topological order of the condensation, ties broken by the smallest state in each SCC
 (the start's SCC first), vertices inside an SCC sorted by state, absorbing vertices
 last sorted by state. Creation order and object ids never matter, so the same SCC in
@@ -9,87 +9,22 @@ two graphs yields the same :class:`WorkUnit` bytes and key.
 A work unit is one SCC: its vertices (local ids ``0..k-1`` in π order), each with its
 complete out-edge list; targets outside the SCC are *exit labels* ``k..k+e-1``, sorted
 by state and treated as absorbing by the recorder. No upstream information is needed.
+The graph algorithms themselves (Tarjan, Kahn) are in :mod:`phasetrace._graphalgo`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .graph import Graph
+from .graph import Graph, _canonical_order
 
 UNIT_MAGIC = b"PTUNIT\x00\x01"
 KIND_TRANSIENT = 0
 KIND_START = 1
-
-
-def strongly_connected_components(successors: list[list[int]]) -> list[list[int]]:
-    """Tarjan's algorithm with explicit stacks (no recursion limit).
-
-    Parameters
-    ----------
-    successors : list of list of int
-        ``successors[v]`` are the targets of ``v``'s out-edges.
-
-    Returns
-    -------
-    list of list of int
-        The components, in reverse topological order of the condensation (sinks first).
-
-    Examples
-    --------
-    >>> strongly_connected_components([[1], [0, 2], []])
-    [[2], [0, 1]]
-    """
-    n = len(successors)
-    index = [-1] * n
-    low = [0] * n
-    on_stack = [False] * n
-    stack: list[int] = []
-    components: list[list[int]] = []
-    counter = 0
-    for root in range(n):
-        if index[root] != -1:
-            continue
-        # Each frame is (vertex, position of the next successor to look at).
-        work = [(root, 0)]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack[root] = True
-        while work:
-            v, i = work[-1]
-            succ = successors[v]
-            if i < len(succ):
-                work[-1] = (v, i + 1)
-                w = succ[i]
-                if index[w] == -1:  # tree arc: descend
-                    index[w] = low[w] = counter
-                    counter += 1
-                    stack.append(w)
-                    on_stack[w] = True
-                    work.append((w, 0))
-                elif on_stack[w]:  # arc back into the current component
-                    low[v] = min(low[v], index[w])
-                continue
-            work.pop()
-            if work:  # propagate the low-link to the parent frame
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[v])
-            if low[v] == index[v]:  # v is the root of a component
-                comp = []
-                while True:
-                    w = stack.pop()
-                    on_stack[w] = False
-                    comp.append(w)
-                    if w == v:
-                        break
-                components.append(sorted(comp))
-    return components
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,7 +131,10 @@ class Decomposition:
 
 
 def decompose(graph: Graph) -> Decomposition:
-    """Cut a graph into work units in the canonical order π (``elimination.md`` §5).
+    """Cut a graph into work units in the canonical order π.
+
+    Works on :meth:`Graph.arrays` with compiled graph algorithms (Tarjan, Kahn) and numpy,
+    so a graph of a million edges decomposes in a fraction of a second.
 
     Examples
     --------
@@ -205,98 +143,84 @@ def decompose(graph: Graph) -> Decomposition:
     >>> [u.n_internal for u in d.units]
     [1, 4, 3]
     """
-    states = graph._states
-    outs = graph._out
-    n = len(states)
-    successors = [list(o) for o in outs]
-    comps = strongly_connected_components(successors)
-    comps = [c for c in comps if not (len(c) == 1 and c[0] != 0 and not outs[c[0]])]
-    ordered = _topological_order(comps, successors, states)
-    absorbing = sorted((i for i in range(1, n) if not outs[i]), key=states.__getitem__)
-    order = [v for comp in ordered for v in comp] + absorbing
+    from ._graphalgo import scc_labels, topological_order
+
+    arr = graph.arrays()
+    n = arr.states.shape[0]
+    rank = np.empty(n, dtype=np.int64)  # position in state order, the start first
+    rank[_canonical_order(arr.states)] = np.arange(n)
+    label, n_comp = scc_labels(arr.ptr, arr.dst)
+    key = np.full(n_comp, n, dtype=np.int64)  # a component's smallest rank
+    np.minimum.at(key, label, rank)
+    absorbing = np.diff(arr.ptr) == 0
+    absorbing[0] = False
+    comps = topological_order(label, n_comp, arr.ptr, arr.dst, key)
+    comps = comps[~np.isin(comps, label[absorbing])]
+    cpos = np.full(n_comp, -1, dtype=np.int64)  # unit of each component
+    cpos[comps] = np.arange(comps.size)
+    unit_of = cpos[label]  # −1 for absorbing vertices
+    inner = np.flatnonzero(~absorbing)
+    inner = inner[np.lexsort((rank[inner], unit_of[inner]))]
+    order = np.concatenate([inner, np.flatnonzero(absorbing)[np.argsort(rank[absorbing])]])
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n)
-    units, first, exits = [], [], []
-    p0 = 0
-    for comp in ordered:
-        unit, exit_pos = _make_unit(graph, comp, pos)
-        units.append(unit)
-        first.append(p0)
-        exits.append(exit_pos)
-        p0 += len(comp)
-    state_arr = np.array([states[i] for i in order], dtype=np.int64).reshape(n, graph.state_length)
+    sizes = np.bincount(unit_of[inner], minlength=comps.size)
+    first = np.cumsum(sizes) - sizes
+    units, exits = _make_units(graph, arr, unit_of, rank, pos, first, sizes)
     return Decomposition(
-        order=np.asarray(order, dtype=np.int64),
-        states=state_arr,
+        order=order,
+        states=arr.states[order].copy(),
         units=units,
-        first=np.asarray(first, dtype=np.int64),
+        first=first.astype(np.int64),
         exits=exits,
         n_params=graph.n_params,
     )
 
 
-def _topological_order(comps, successors, states) -> list[list[int]]:
-    """Kahn's algorithm on the condensation; ready SCCs leave by smallest state."""
-    comp_of = {}
-    for ci, comp in enumerate(comps):
-        for v in comp:
-            comp_of[v] = ci
-        comp.sort(key=states.__getitem__)
-    indeg = [0] * len(comps)
-    dag: list[set[int]] = [set() for _ in comps]
-    for ci, comp in enumerate(comps):
-        for v in comp:
-            for w in successors[v]:
-                cj = comp_of.get(w)
-                if cj is not None and cj != ci and cj not in dag[ci]:
-                    dag[ci].add(cj)
-                    indeg[cj] += 1
-
-    # The start's SCC sorts before everything (it has no in-edges, so it is ready at once).
-    def rank(ci):
-        comp = comps[ci]
-        return (0 if comp[0] == 0 else 1, states[comp[0]])
-
-    heap = [(rank(ci), ci) for ci in range(len(comps)) if indeg[ci] == 0]
-    heapq.heapify(heap)
-    out = []
-    while heap:
-        _, ci = heapq.heappop(heap)
-        out.append(comps[ci])
-        for cj in dag[ci]:
-            indeg[cj] -= 1
-            if indeg[cj] == 0:
-                heapq.heappush(heap, (rank(cj), cj))
-    return out
-
-
-def _make_unit(graph: Graph, comp: list[int], pos: np.ndarray) -> tuple[WorkUnit, np.ndarray]:
-    states = graph._states
-    outs = graph._out
-    local = {v: i for i, v in enumerate(comp)}
-    exit_vs = sorted({w for v in comp for w in outs[v] if w not in local}, key=states.__getitem__)
-    k = len(comp)
-    for j, w in enumerate(exit_vs):
-        local[w] = k + j
-    p = graph.n_params
-    ptr = [0]
-    dst, base, coef = [], [], []
-    zeros = (0.0,) * p
-    for v in comp:
-        for w, (b, c) in sorted(outs[v].items(), key=lambda kv: local[kv[0]]):
-            dst.append(local[w])
-            base.append(b)
-            coef.append(zeros if c is None else c)
-        ptr.append(len(dst))
-    m = len(dst)
-    unit = WorkUnit(
-        kind=KIND_START if comp == [0] else KIND_TRANSIENT,
-        n_internal=k,
-        n_exits=len(exit_vs),
-        n_params=p,
-        ptr=np.asarray(ptr, dtype=np.int64),
-        dst=np.asarray(dst, dtype=np.int64),
-        base=np.asarray(base, dtype=np.float64),
-        coef=np.asarray(coef, dtype=np.float64).reshape(m, p),
-    )
-    return unit, pos[exit_vs].astype(np.int64) if exit_vs else np.zeros(0, dtype=np.int64)
+def _make_units(graph: Graph, arr, unit_of, rank, pos, first, sizes):
+    """One :class:`WorkUnit` per component: local ids, edges sorted by local target."""
+    src = arr.src
+    keep = unit_of[src] >= 0  # edges out of absorbing vertices: there are none
+    e_idx = np.flatnonzero(keep)
+    u = unit_of[src[e_idx]]
+    w = arr.dst[e_idx]
+    local_src = pos[src[e_idx]] - first[u]
+    internal = unit_of[w] == u
+    local_dst = np.where(internal, pos[w] - first[u], 0)
+    # Exit targets: per unit, the distinct targets sorted by state get ids k, k+1, ...
+    n = rank.shape[0]
+    ex = ~internal
+    codes = u[ex] * n + rank[w[ex]]
+    uniq = np.unique(codes)
+    uniq_unit = uniq // n
+    unit_start = np.searchsorted(uniq_unit, np.arange(sizes.size + 1))
+    j = np.searchsorted(uniq, codes) - unit_start[u[ex]]
+    local_dst[ex] = sizes[u[ex]] + j
+    by_rank = np.empty(n, dtype=np.int64)
+    by_rank[rank] = np.arange(n)  # vertex of each rank
+    exit_pos = pos[by_rank[uniq % n]]
+    srt = np.lexsort((local_dst, local_src, u))
+    e_idx, u, local_src, local_dst = e_idx[srt], u[srt], local_src[srt], local_dst[srt]
+    edge_start = np.searchsorted(u, np.arange(sizes.size + 1))
+    base, coef, p = arr.base, arr.coef, graph.n_params
+    units, exits = [], []
+    for c in range(sizes.size):
+        lo, hi = edge_start[c], edge_start[c + 1]
+        k = int(sizes[c])
+        ids = e_idx[lo:hi]
+        ptr = np.searchsorted(local_src[lo:hi], np.arange(k + 1)).astype(np.int64)
+        n_exits = int(unit_start[c + 1] - unit_start[c])
+        units.append(
+            WorkUnit(
+                kind=KIND_START if c == 0 else KIND_TRANSIENT,  # the start comes first in π
+                n_internal=k,
+                n_exits=n_exits,
+                n_params=p,
+                ptr=ptr,
+                dst=np.ascontiguousarray(local_dst[lo:hi]),
+                base=np.ascontiguousarray(base[ids]),
+                coef=np.ascontiguousarray(coef[ids]).reshape(hi - lo, p),
+            )
+        )
+        exits.append(exit_pos[unit_start[c] : unit_start[c + 1]].astype(np.int64))
+    return units, exits

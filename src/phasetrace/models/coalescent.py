@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..graph import Graph
 
 
@@ -82,20 +84,35 @@ def two_island(n: int) -> Graph:
     """
     if n < 2:
         raise ValueError(f"two_island needs n >= 2 lineages, got {n}")
+    # Every state with 1 <= a + b <= n is reachable from [n, 0] (by migration).
+    s = np.repeat(np.arange(1, n + 1), np.arange(2, n + 2))  # a + b, level by level
+    b = np.arange(s.size) - np.repeat(
+        np.cumsum(np.arange(2, n + 2)) - np.arange(2, n + 2), np.arange(2, n + 2)
+    )
+    a = s - b
 
-    def step(state):
-        a, b = state
-        if a + b <= 1:
-            return []
-        out = []
-        if a >= 2:
-            out.append(((a - 1, b), (0.0, [a * (a - 1) / 2, 0.0])))
-        if b >= 2:
-            out.append(((a, b - 1), (0.0, [b * (b - 1) / 2, 0.0])))
-        if a >= 1:
-            out.append(((a - 1, b + 1), (0.0, [0.0, float(a)])))
-        if b >= 1:
-            out.append(((a + 1, b - 1), (0.0, [0.0, float(b)])))
-        return out
+    def index(a, b):  # row of state [a, b]: levels s = 1..n of s + 1 states each
+        t = a + b
+        return (t - 1) * (t + 2) // 2 + b
 
-    return Graph.from_callback(step, [n, 0], n_params=2)
+    moves = [  # (applies, target a, target b, coefficient on c, coefficient on m)
+        (a >= 2, a - 1, b, a * (a - 1) / 2, 0 * a),
+        (b >= 2, a, b - 1, b * (b - 1) / 2, 0 * b),
+        ((a >= 1) & (s >= 2), a - 1, b + 1, 0 * a, a),
+        ((b >= 1) & (s >= 2), a + 1, b - 1, 0 * b, b),
+    ]
+    src, dst, coef = [], [], []
+    for ok, ta, tb, cc, cm in moves:
+        rows = np.flatnonzero(ok)
+        src.append(rows)
+        dst.append(index(ta[rows], tb[rows]))
+        coef.append(np.stack([cc[rows], cm[rows]], axis=1).astype(np.float64))
+    src, dst, coef = np.concatenate(src), np.concatenate(dst), np.concatenate(coef)
+    return Graph.from_arrays(
+        np.stack([a, b], axis=1),
+        src,
+        dst,
+        np.zeros(src.size),
+        coef,
+        initial=([index(n, 0)], [1.0]),
+    )
