@@ -133,7 +133,7 @@ def test_trace_adds_npz_suffix(cli, tmp_path):
 
 def test_trace_reuses_cache_and_no_cache_skips_it(cli, env):
     ok(cli("trace", "two_island:n=5"))
-    assert fields(ok(cli("trace", "two_island:n=5")))["units"].endswith("1 from disk cache")
+    assert fields(ok(cli("trace", "two_island:n=5")))["units"].endswith("came from the cache")
     units = fields(ok(cli("trace", "two_island:n=5", "--no-cache")))["units"]
     assert units.startswith("1 (1 distinct): 1 recorded")
     assert any(Path(env["PHASETRACE_CACHE_DIR"]).rglob("*"))

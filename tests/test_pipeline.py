@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import phasetrace as pt
+from phasetrace import pipeline
 from phasetrace.errors import CacheWarning
 from phasetrace.pipeline import compute_trace, compute_traces, get_cache, last_run_stats
 from strategies import cyclic_graphs
@@ -30,10 +31,26 @@ def _close_pools():
     shutdown_executors()
 
 
-def _forget_memory(cache_dir):
+def _cache(cache_dir):
     from phasetrace.settings import resolve
 
-    get_cache(resolve(cache_dir=str(cache_dir))).memory.clear()
+    return get_cache(resolve(cache_dir=str(cache_dir)))
+
+
+def _forget_memory(cache_dir):
+    """As a fresh process: no memory layer, no per-graph memo of traces."""
+    _cache(cache_dir).memory.clear()
+    pipeline._traces.clear()
+
+
+def _whole_entry(cache_dir, graph) -> Path:
+    return _cache(cache_dir).disk.path_for(pipeline._graph_key(graph))
+
+
+def _drop_whole(cache_dir, graphs):
+    """Remove whole-trace entries, so the next call goes through the units."""
+    for g in graphs:
+        _whole_entry(cache_dir, g).unlink(missing_ok=True)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
@@ -51,7 +68,14 @@ def test_hierarchical_equals_monolithic_cold_and_warm(
     warm = compute_traces(graphs, hierarchical=True, **kw)
     assert [t.digest() for t in warm] == expected
     assert last_run_stats().recorded == 0
+    assert last_run_stats().traces_from_cache == len(graphs)  # the per-graph memo
     _forget_memory(cache_dir)
+    whole_from_disk = compute_traces(graphs, hierarchical=True, **kw)
+    assert [t.digest() for t in whole_from_disk] == expected
+    assert last_run_stats().traces_from_cache == len(graphs)
+    assert last_run_stats().units == 0  # nothing validated, decomposed or looked up
+    _forget_memory(cache_dir)
+    _drop_whole(cache_dir, graphs)
     disk = compute_traces(graphs, hierarchical=True, **kw)
     assert [t.digest() for t in disk] == expected
     assert last_run_stats().from_disk == last_run_stats().unique
@@ -105,11 +129,13 @@ def test_corrupt_cache_entries_are_recomputed_never_returned(tmp_path, how):
     expected = pt.record_trace(g).digest()
     kw = dict(strategy="sequential", cache_dir=str(tmp_path), hierarchical=True)
     compute_trace(g, **kw)
-    files = _cache_files(tmp_path)
-    assert len(files) == 15
+    whole = _whole_entry(tmp_path, g)
+    files = [f for f in _cache_files(tmp_path) if f != whole]
+    assert len(files) == 15 and whole.is_file()
     for f in files[::3]:
         _break(f, how)
     _forget_memory(tmp_path)
+    _drop_whole(tmp_path, [g])
     with pytest.warns(CacheWarning):
         trace = compute_trace(g, **kw)
     assert trace.digest() == expected
@@ -118,6 +144,31 @@ def test_corrupt_cache_entries_are_recomputed_never_returned(tmp_path, how):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # repaired: no more warnings
         assert compute_trace(g, **kw).digest() == expected
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "garbage", "empty"])
+def test_corrupt_whole_trace_entry_is_dropped_and_rebuilt_from_units(tmp_path, how):
+    g = pt.models.two_island(12)
+    kw = dict(strategy="sequential", cache_dir=str(tmp_path), hierarchical=True)
+    expected = compute_trace(g, **kw).digest()
+    _break(_whole_entry(tmp_path, g), how)
+    _forget_memory(tmp_path)
+    with pytest.warns(CacheWarning):
+        trace = compute_trace(g, **kw)
+    stats = last_run_stats()
+    assert trace.digest() == expected
+    assert stats.traces_from_cache == 0 and stats.from_disk == 12 and stats.recorded == 0
+    _forget_memory(tmp_path)
+    assert compute_trace(g, **kw).digest() == expected  # rewritten
+    assert last_run_stats().traces_from_cache == 1
+
+
+def test_whole_trace_of_an_equal_graph_built_another_way(tmp_path):
+    """The key is the content: a graph rebuilt from JSON hits the same entry."""
+    kw = dict(strategy="sequential", cache_dir=str(tmp_path))
+    first = compute_trace(pt.models.two_island(9), **kw)
+    again = compute_trace(pt.Graph.from_json(pt.models.two_island(9).to_json()), **kw)
+    assert last_run_stats().traces_from_cache == 1 and again == first
 
 
 def test_unwritable_cache_degrades_to_no_caching_with_one_warning(tmp_path, monkeypatch):

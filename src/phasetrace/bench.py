@@ -437,19 +437,26 @@ def _overheads(runs: list[dict[str, Any]], raw: list[dict[str, Any]]) -> list[di
 
 
 def _cache_once(graph: pt.Graph) -> tuple[float, float, float, int]:
-    """One cold / warm-memory / warm-disk sequence in a fresh directory; times and units."""
-    from phasetrace.pipeline import get_cache
+    """One cold / warm-memory / warm-disk sequence in a fresh directory; times and units.
+
+    Warm from memory is the same graph object again (its trace is kept with it); warm
+    from disk forgets everything in memory first, as a fresh process would.
+    """
+    from phasetrace import pipeline
     from phasetrace.settings import resolve
 
     with tempfile.TemporaryDirectory(prefix="phasetrace-bench-") as d:
         kw = dict(hierarchical=True, strategy="sequential", cache=True, cache_dir=d)
         cold, _ = _timed(lambda: pt.compute_trace(graph, **kw))
+        units = pt.last_run_stats().units
         memory, _ = _timed(lambda: pt.compute_trace(graph, **kw))
-        store = get_cache(resolve(cache=True, cache_dir=d))
+        store = pipeline.get_cache(resolve(cache=True, cache_dir=d))
         store.memory.clear()
+        pipeline._traces.clear()
         disk, _ = _timed(lambda: pt.compute_trace(graph, **kw))
         store.memory.clear()  # the process-wide cache object outlives the directory
-    return cold, memory, disk, pt.last_run_stats().units
+        pipeline._traces.clear()
+    return cold, memory, disk, units
 
 
 def _measure_cache(wl: _Workload, repeat: int, say: Callable) -> dict[str, Any]:

@@ -474,6 +474,11 @@ class MemoryCache:
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
 
+    def discard(self, key: str) -> None:
+        """Drop the entry under ``key``, if any."""
+        with self._lock:
+            self._items.pop(key, None)
+
     def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._items
@@ -924,13 +929,15 @@ class TraceCache:
         memory = self.memory.max_items if self.memory else 0
         return f"TraceCache(disk={self.disk!r}, memory_items={memory})"
 
-    def get(self, key: str) -> tuple[Arrays, str] | None:
+    def get(self, key: str, *, memory: bool = True) -> tuple[Arrays, str] | None:
         """Return ``(arrays, source)`` with source ``"memory"`` or ``"disk"``, or None.
 
-        A disk hit is also put into memory.
+        A disk hit is also put into memory, unless ``memory=False`` (for large entries
+        the caller keeps itself, such as whole traces).
         """
         _check_key(key)
-        if self.memory is not None and (arrays := self.memory.get(key)) is not None:
+        memory = memory and self.memory is not None
+        if memory and (arrays := self.memory.get(key)) is not None:
             self._count("memory_hits")
             return arrays, "memory"
         if self.disk is not None:
@@ -938,15 +945,15 @@ class TraceCache:
             if corrupt:
                 self._count("corrupt")
             if arrays is not None:
-                if self.memory is not None:
+                if memory:
                     self.memory._put_frozen(key, arrays)
                 self._count("disk_hits")
                 return dict(arrays), "disk"
         self._count("misses")
         return None
 
-    def put(self, key: str, arrays: Mapping[str, Any]) -> None:
-        """Store ``arrays`` under ``key`` in memory and on disk.
+    def put(self, key: str, arrays: Mapping[str, Any], *, memory: bool = True) -> None:
+        """Store ``arrays`` under ``key`` in memory (unless ``memory=False``) and on disk.
 
         Raises
         ------
@@ -957,11 +964,23 @@ class TraceCache:
         """
         _check_key(key)
         frozen = _freeze(arrays)  # one copy serves both layers
-        if self.memory is not None:
+        if memory and self.memory is not None:
             self.memory._put_frozen(key, frozen)
         if self.disk is not None:
             self.disk.put(key, frozen)
         self._count("writes")
+
+    def discard(self, key: str, reason: str) -> None:
+        """Drop an entry that the caller found unusable, with a :class:`CacheWarning`."""
+        _check_key(key)
+        if self.memory is not None:
+            self.memory.discard(key)
+        if self.disk is not None:
+            path = self.disk.path_for(key)
+            _warn(f"dropped cache entry {path}: {reason}")
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._count("corrupt")
 
     def __contains__(self, key: object) -> bool:
         in_memory = self.memory is not None and key in self.memory

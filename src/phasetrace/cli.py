@@ -285,6 +285,15 @@ def load_model(spec: str) -> pt.Graph:
     )
 
 
+def _units_text(stats) -> str:
+    if stats.traces_from_cache:
+        return "none needed: the whole trace came from the cache"
+    return (
+        f"{stats.units} ({stats.unique} distinct): {stats.recorded} recorded, "
+        f"{stats.from_memory} from memory, {stats.from_disk} from disk cache"
+    )
+
+
 def _scc_summary(graph: pt.Graph) -> tuple[int, int]:
     """(number of SCCs of non-absorbing vertices, the start's included; the largest)."""
     from phasetrace.scc import decompose
@@ -485,11 +494,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
             f"{len(graph)} vertices, {graph.n_edges} edges, {graph.n_params} parameter(s); "
             f"{n_sccs} transient SCC(s), largest {largest} vertices",
         ),
-        (
-            "units",
-            f"{stats.units} ({stats.unique} distinct): {stats.recorded} recorded, "
-            f"{stats.from_memory} from memory, {stats.from_disk} from disk cache",
-        ),
+        ("units", _units_text(stats)),
         ("strategy", f"{stats.strategy}, {workers}"),
         ("ops", f"{summary['ops']} ({ops}); x-program {summary['x_program']}"),
         ("time", stages),

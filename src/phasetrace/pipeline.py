@@ -32,6 +32,7 @@ import numpy as np
 
 from . import _work
 from .cache import TraceCache, default_cache_dir
+from .errors import TraceFormatError
 from .executors.base import WorkItem
 from .graph import Graph
 from .scc import Decomposition, WorkUnit, decompose
@@ -61,6 +62,10 @@ class RunStats:
         Distinct keys among them.
     from_memory, from_disk, recorded : int
         Where the distinct items came from.
+    traces_from_cache : int
+        Graphs whose whole trace was served at once (from this process's memo of the
+        graph object, or from disk by the graph's content key): nothing was validated,
+        decomposed, looked up or stitched for them.
     strategy : str
         The strategy resolved for the call (``auto`` reports its choice, if it made one).
     n_workers : int or None
@@ -75,23 +80,28 @@ class RunStats:
     from_memory: int = 0
     from_disk: int = 0
     recorded: int = 0
+    traces_from_cache: int = 0
     strategy: str = ""
     n_workers: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         stages = ", ".join(f"{k} {v:.3f} s" for k, v in self.seconds.items())
+        whole = f"{self.traces_from_cache} whole from cache, " if self.traces_from_cache else ""
         return (
-            f"{self.graphs} graph(s), {self.units} unit(s) ({self.unique} distinct): "
+            f"{self.graphs} graph(s), {whole}{self.units} unit(s) ({self.unique} distinct): "
             f"{self.from_memory} from memory, {self.from_disk} from disk, {self.recorded} "
             f"recorded on {self.strategy!r}; {stages}"
         )
 
 
 _last_stats = threading.local()
+_stats_lock = threading.Lock()  # the cache writer thread times its stage too
 _caches: dict[tuple, TraceCache] = {}
 _caches_lock = threading.Lock()
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> (version, plan)
+_traces: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> (version, trace)
+_graph_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> (version, key)
 
 
 def last_run_stats() -> RunStats | None:
@@ -203,13 +213,19 @@ def compute_traces(
         timeout=timeout,
     )
     graphs = list(graphs)
+    for i, g in enumerate(graphs):
+        if not isinstance(g, Graph):
+            raise TypeError(f"graphs[{i}] is a {type(g).__name__}, not a phasetrace.Graph")
     stats = RunStats(graphs=len(graphs), strategy=settings.strategy, n_workers=settings.n_workers)
+    store = get_cache(settings)
+    with _timed(stats, "lookup"):
+        traces, keys = _whole_traces(graphs, store, settings, stats)
+    todo = [i for i, t in enumerate(traces) if t is None]
     with _timed(stats, "decompose"):
-        plans = [_plan(g, hierarchical) for g in graphs]
+        plans = [_plan(graphs[i], hierarchical) for i in todo]
     items = _unique_items(plans)
     stats.units = sum(len(p.keys) for p in plans)
     stats.unique = len(items)
-    store = get_cache(settings)
     results: dict[str, dict[str, np.ndarray]] = {}
     with _timed(stats, "lookup"):
         missing = _lookup(store, items, results, stats)
@@ -223,13 +239,68 @@ def compute_traces(
     writer.start()
     try:
         with _timed(stats, "stitch"):
-            traces = [p.finish(results) for p in plans]
+            for i, p in zip(todo, plans, strict=True):
+                traces[i] = p.finish(results)
     finally:
         writer.join()
+    with _timed(stats, "store"):
+        _store_whole(store, settings, [(keys[i], graphs[i], traces[i]) for i in todo])
     stats.seconds["total"] = time.perf_counter() - t_start
     _last_stats.value = stats
     logger.info("compute_traces: %s", stats)
     return traces
+
+
+# -- whole traces ------------------------------------------------------------------------------
+def _graph_key(graph: Graph) -> str:
+    """The cache key of a whole graph's trace: its content key and the recorder version."""
+    memo = _graph_keys.get(graph)
+    if memo is not None and memo[0] == graph._version:
+        return memo[1]
+    key = _cache_key(b"trace", graph.content_key().encode())
+    _graph_keys[graph] = (graph._version, key)
+    return key
+
+
+def _whole_traces(graphs, store: TraceCache, settings: Settings, stats: RunStats):
+    """Traces served whole, without validating or decomposing: from this process's memo
+    of the graph object, or from the disk cache by the graph's content key.
+
+    A hit is safe without validation: the entry was recorded from a graph with exactly
+    this content, which passed validation then.
+    """
+    traces: list[Trace | None] = [None] * len(graphs)
+    keys: list[str | None] = [None] * len(graphs)
+    if not settings.cache:
+        return traces, keys
+    for i, graph in enumerate(graphs):
+        if not isinstance(graph, Graph):
+            continue  # reported by the planning step
+        memo = _traces.get(graph)
+        if memo is not None and memo[0] == graph._version:
+            traces[i] = memo[1]
+            stats.traces_from_cache += 1
+            continue
+        keys[i] = _graph_key(graph)
+        hit = store.get(keys[i], memory=False)
+        if hit is None:
+            continue
+        try:
+            traces[i] = Trace(hit[0], _copy=False)
+        except TraceFormatError as exc:
+            store.discard(keys[i], f"not a whole trace ({exc})")
+            continue
+        _traces[graph] = (graph._version, traces[i])
+        stats.traces_from_cache += 1
+    return traces, keys
+
+
+def _store_whole(store: TraceCache, settings: Settings, done) -> None:
+    if not settings.cache:
+        return
+    for key, graph, trace in done:
+        _traces[graph] = (graph._version, trace)
+        store.put(key or _graph_key(graph), trace.arrays, memory=False)
 
 
 def _store_all(store: TraceCache, items, recorded, stats: RunStats) -> None:
@@ -377,8 +448,11 @@ def _record_with_progress(executor, missing, settings, stats) -> list[dict]:
 
 @contextmanager
 def _timed(stats: RunStats, stage: str):
+    """Add the block's wall time to ``stats.seconds[stage]`` (a stage may run twice)."""
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        stats.seconds[stage] = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        with _stats_lock:
+            stats.seconds[stage] = stats.seconds.get(stage, 0.0) + elapsed
