@@ -108,106 +108,122 @@ def replay_unit(prog, u, th, vals, L):
 
 
 @njit(**_JIT)
-def solve_unit(tape, u, vals, x, acc, L):
-    """``x ← F(x)`` on unit ``u``: ``x`` holds the right-hand side of ``u``'s vertices
-    and the final values of everything downstream. ``acc`` is scratch of length L."""
+def solve_unit(tape, u, vals, x, acc, R, L):
+    """``x ← F(x)`` on unit ``u`` for ``R`` right-hand sides at once.
+
+    ``x`` holds vertex ``v``, right-hand side ``r``, lane ``ln`` at ``(v*R + r)*L + ln``:
+    the right-hand sides of ``u``'s vertices and the final values of everything
+    downstream. ``acc`` is scratch of length ``R·L``.
+    """
     unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot = tape[:5]
     x_kind, x_u, x_v, x_coef, row_ptr, row_dst, row_slot, sigma = tape[5:]
+    W = R * L
     first, last = unit_ptr[u], unit_ptr[u + 1]
     for v in range(first, last):  # fold the exits: their values are final
-        o = v * L
+        o = v * W
         for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            w, s = exit_dst[e] * L, exit_slot[e] * L
-            for ln in range(L):
-                x[o + ln] = x[o + ln] + vals[s + ln] * x[w + ln]
+            w, s = exit_dst[e] * W, exit_slot[e] * L
+            for r in range(0, W, L):
+                for ln in range(L):
+                    x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
     for t in range(unit_xptr[u], unit_xptr[u + 1]):
-        o, s = x_u[t] * L, x_coef[t] * L
+        o, s = x_u[t] * W, x_coef[t] * L
         if x_kind[t] == X_AXPY:
-            w = x_v[t] * L
-            for ln in range(L):
-                x[o + ln] = x[o + ln] + vals[s + ln] * x[w + ln]
+            w = x_v[t] * W
+            for r in range(0, W, L):
+                for ln in range(L):
+                    x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
         else:
-            for ln in range(L):
-                x[o + ln] = x[o + ln] / vals[s + ln]
+            for r in range(0, W, L):
+                for ln in range(L):
+                    x[o + r + ln] = x[o + r + ln] / vals[s + ln]
     for v in range(last - 1, first - 1, -1):  # back substitution
         r0, r1 = row_ptr[v], row_ptr[v + 1]
         if r1 == r0:
             continue
-        for ln in range(L):
-            acc[ln] = 0.0
+        acc[:W] = 0.0
         for e in range(r0, r1):
-            w, s = row_dst[e] * L, row_slot[e] * L
+            w, s = row_dst[e] * W, row_slot[e] * L
+            for r in range(0, W, L):
+                for ln in range(L):
+                    acc[r + ln] = acc[r + ln] + vals[s + ln] * x[w + r + ln]
+        o, s = v * W, sigma[v] * L
+        for r in range(0, W, L):
             for ln in range(L):
-                acc[ln] = acc[ln] + vals[s + ln] * x[w + ln]
-        o, s = v * L, sigma[v] * L
-        for ln in range(L):
-            x[o + ln] = x[o + ln] + acc[ln] / vals[s + ln]
+                x[o + r + ln] = x[o + r + ln] + acc[r + ln] / vals[s + ln]
 
 
 @njit(**_JIT)
-def solve_unit_transposed(tape, u, vals, t, q, L):
-    """``t ← A⁻ᵀ t`` on unit ``u``: :func:`solve_unit` backwards. ``t`` holds, for
-    ``u``'s vertices, their right-hand side plus the cotangents pushed by upstream
-    units; the unit pushes its own into its exits' entries. ``q``: scratch (L,)."""
+def solve_unit_transposed(tape, u, vals, t, q, R, L):
+    """``t ← A⁻ᵀ t`` on unit ``u`` (layout of :func:`solve_unit`): its tape backwards.
+
+    ``t`` holds, for ``u``'s vertices, their right-hand side plus the cotangents pushed
+    by upstream units; the unit pushes its own into its exits' entries (absorbing
+    vertices receive cotangents that nothing reads). ``q``: scratch of length ``R·L``.
+    """
     unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot = tape[:5]
     x_kind, x_u, x_v, x_coef, row_ptr, row_dst, row_slot, sigma = tape[5:]
+    W = R * L
     first, last = unit_ptr[u], unit_ptr[u + 1]
     for v in range(first, last):  # back substitution, reversed
         r0, r1 = row_ptr[v], row_ptr[v + 1]
         if r1 == r0:
             continue
-        o, s = v * L, sigma[v] * L
-        for ln in range(L):
-            q[ln] = t[o + ln] / vals[s + ln]
+        o, s = v * W, sigma[v] * L
+        for r in range(0, W, L):
+            for ln in range(L):
+                q[r + ln] = t[o + r + ln] / vals[s + ln]
         for e in range(r0, r1):
-            w, s = row_dst[e] * L, row_slot[e] * L
-            for ln in range(L):
-                t[w + ln] = t[w + ln] + vals[s + ln] * q[ln]
+            w, s = row_dst[e] * W, row_slot[e] * L
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * q[r + ln]
     for i in range(unit_xptr[u + 1] - 1, unit_xptr[u] - 1, -1):  # x-program, reversed
-        o, s = x_u[i] * L, x_coef[i] * L
+        o, s = x_u[i] * W, x_coef[i] * L
         if x_kind[i] == X_AXPY:
-            w = x_v[i] * L
-            for ln in range(L):
-                t[w + ln] = t[w + ln] + vals[s + ln] * t[o + ln]
+            w = x_v[i] * W
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
         else:
-            for ln in range(L):
-                t[o + ln] = t[o + ln] / vals[s + ln]
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[o + r + ln] = t[o + r + ln] / vals[s + ln]
     for v in range(first, last):  # exit folds, reversed
-        o = v * L
+        o = v * W
         for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            w, s = exit_dst[e] * L, exit_slot[e] * L
-            for ln in range(L):
-                t[w + ln] = t[w + ln] + vals[s + ln] * t[o + ln]
+            w, s = exit_dst[e] * W, exit_slot[e] * L
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
 
 
 @njit(**_JIT)
 def forward(prog, tape, rewards, seq, th, X, vals, L):
-    """Every pass of every reward sequence, unit by unit: ``X[r, j] = z_{j+1}`` with
-    ``z_{j+1} = F(ρ∘z_j)``, ``ρ = rewards[seq[r, j]]``, ``z_0 = 1``.
+    """Every pass of every reward sequence, unit by unit: ``X[j] = z_{j+1}`` with
+    ``z_{j+1} = F(ρ_r∘z_j)``, ``ρ_r = rewards[:, seq[r, j]]``, ``z_0 = 1``, for all ``r``
+    at once (layout of :func:`solve_unit`). ``rewards`` is vertex-major (V, M).
 
     Returns False if a rate was not a positive finite number.
     """
-    R, k = X.shape[0], X.shape[1]
+    R, k = seq.shape
+    W = R * L
     unit_ptr = tape[0]
-    acc = np.empty(L)
+    acc = np.empty(W)
     ok = True
     X[:] = 0.0  # absorbing vertices stay 0
     for u in range(unit_ptr.shape[0] - 2, -1, -1):
         ok = replay_unit(prog, u, th, vals, L) & ok
         first, last = unit_ptr[u], unit_ptr[u + 1]
-        for r in range(R):
-            for j in range(k):
-                xj, rho = X[r, j], rewards[seq[r, j]]
-                if j == 0:
-                    for v in range(first, last):
-                        for ln in range(L):
-                            xj[v * L + ln] = rho[v]
-                else:
-                    prev = X[r, j - 1]
-                    for v in range(first, last):
-                        for ln in range(L):
-                            xj[v * L + ln] = rho[v] * prev[v * L + ln]
-                solve_unit(tape, u, vals, xj, acc, L)
+        for j in range(k):
+            xj = X[j]
+            for v in range(first, last):  # the right-hand side ρ∘z_j
+                for r in range(R):
+                    rv = rewards[v, seq[r, j]]
+                    o = (v * R + r) * L
+                    for ln in range(L):
+                        xj[o + ln] = rv if j == 0 else rv * X[j - 1, o + ln]
+            solve_unit(tape, u, vals, xj, acc, R, L)
     return ok
 
 
@@ -230,9 +246,9 @@ def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops,
     numba.literally(L)
     B = th.shape[0]
     R, k = seq.shape
-    V = rewards.shape[1]
+    V = rewards.shape[0]
     vals = np.empty(max_unit_ops * L)
-    X = np.empty((R, k, V * L))
+    X = np.empty((k, V * R * L))
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
         thb = block(th, b0, B, L)
@@ -241,64 +257,76 @@ def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops,
         for ln in range(min(L, B - b0)):
             for r in range(R):
                 for j in range(k):
-                    out[b0 + ln, r, j] = fact[j] * X[r, j, start * L + ln]
+                    out[b0 + ln, r, j] = fact[j] * X[j, (start * R + r) * L + ln]
     return bad
 
 
 @njit(**_JIT)
 def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, L):
-    """Moments ``E[Y_r^(j+1)]`` and ``jac[b, r, j, p] = ∂E[Y_r^(j+1)]/∂θ_p``."""
+    """Moments ``E[Y_r^(j+1)]`` and ``jac[b, r, j, p] = ∂E[Y_r^(j+1)]/∂θ_p``.
+
+    Forward passes as :func:`forward`; then, units in π order, the adjoint chain
+    ``ȳ⁽¹⁾ = A⁻ᵀ e_S`` (one vector, shared by every reward) and ``ȳ⁽ⁱ⁺¹⁾ =
+    A⁻ᵀ(ρ_r∘ȳ⁽ⁱ⁾)`` (all rewards at once), and each unit's parameterised edges.
+    """
     numba.literally(L)
     B, P = th.shape
-    R, V = rewards.shape
+    V, R = rewards.shape
     k = fact.shape[0]
+    W = R * L
+    unit_ptr = tape[0]
+    unit_gptr, g_src, g_dst, g_coef = grads
     seq = np.empty((R, k), dtype=np.int64)
     for r in range(R):
         seq[r, :] = r
-    unit_ptr = tape[0]
-    unit_gptr, g_src, g_dst, g_coef = grads
     vals = np.empty(max_unit_ops * L)
-    X = np.empty((R, k, V * L))
-    T = np.empty((R, k, V * L))  # T[r, i] accumulates ȳ⁽ⁱ⁺¹⁾; T[0, 0] serves every r
+    X = np.empty((k, V * W))
+    y1 = np.empty(V * L)  # ȳ⁽¹⁾
+    T = np.empty((max(k - 1, 1), V * W))  # T[i - 1] accumulates ȳ⁽ⁱ⁺¹⁾, i >= 1
     G = np.empty((R, k, L, P))
-    q = np.empty(L)
+    q = np.empty(W)
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
         thb = block(th, b0, B, L)
         if not forward(prog, tape, rewards, seq, thb, X, vals, L):
             bad[b0 : b0 + L] = bad_rates(prog, thb)[: min(L, B - b0)]
+        y1[:] = 0.0
         T[:] = 0.0
         G[:] = 0.0
         for ln in range(L):
-            T[0, 0, start * L + ln] = 1.0
+            y1[start * L + ln] = 1.0
         for u in range(unit_ptr.shape[0] - 1):  # cotangents flow downstream: π order
             replay_unit(prog, u, thb, vals, L)
             first, last = unit_ptr[u], unit_ptr[u + 1]
-            solve_unit_transposed(tape, u, vals, T[0, 0], q, L)  # ȳ⁽¹⁾ = A⁻ᵀ e_S
-            for r in range(R):
-                for i in range(1, k):  # ȳ⁽ⁱ⁺¹⁾ = A⁻ᵀ (r∘ȳ⁽ⁱ⁾)
-                    prev = T[0, 0] if i == 1 else T[r, i - 1]
-                    cur = T[r, i]
-                    for v in range(first, last):
-                        rv = rewards[r, v]
+            solve_unit_transposed(tape, u, vals, y1, q, 1, L)
+            for i in range(1, k):
+                cur = T[i - 1]
+                for v in range(first, last):
+                    for r in range(R):
+                        rv = rewards[v, r]
+                        o = (v * R + r) * L
                         for ln in range(L):
-                            cur[v * L + ln] = cur[v * L + ln] + rv * prev[v * L + ln]
-                    solve_unit_transposed(tape, u, vals, cur, q, L)
+                            prev = y1[v * L + ln] if i == 1 else T[i - 2, o + ln]
+                            cur[o + ln] = cur[o + ln] + rv * prev
+                solve_unit_transposed(tape, u, vals, cur, q, R, L)
+            for e in range(unit_gptr[u], unit_gptr[u + 1]):
+                v, w = g_src[e], g_dst[e]
                 for j in range(k):
-                    for i in range(j + 1):
-                        y = T[0, 0] if i == 0 else T[r, i]
-                        z = X[r, j - i]
-                        g = G[r, j]
-                        for e in range(unit_gptr[u], unit_gptr[u + 1]):
-                            v, w = g_src[e] * L, g_dst[e] * L
-                            for ln in range(L):
-                                d = fact[j] * (y[v + ln] * (z[w + ln] - z[v + ln]))
-                                for p in range(P):
-                                    g[ln, p] += g_coef[e, p] * d
+                    for r in range(R):
+                        ov, ow = (v * R + r) * L, (w * R + r) * L
+                        for ln in range(L):
+                            d = 0.0
+                            for i in range(j + 1):  # Σ_i ȳ⁽ⁱ⁺¹⁾_v (z_{j−i,w} − z_{j−i,v})
+                                y = y1[v * L + ln] if i == 0 else T[i - 1, ov + ln]
+                                zz = X[j - i]
+                                d += y * (zz[ow + ln] - zz[ov + ln])
+                            d *= fact[j]
+                            for p in range(P):
+                                G[r, j, ln, p] += g_coef[e, p] * d
         for ln in range(min(L, B - b0)):
             for r in range(R):
                 for j in range(k):
-                    out[b0 + ln, r, j] = fact[j] * X[r, j, start * L + ln]
+                    out[b0 + ln, r, j] = fact[j] * X[j, (start * R + r) * L + ln]
                     for p in range(P):
                         jac[b0 + ln, r, j, p] = G[r, j, ln, p]
     return bad

@@ -37,6 +37,8 @@ LANES = 8
 BLOCK_BYTES = 512 * 1024**2
 #: Smallest number of θ worth a thread of its own.
 MIN_THETAS_PER_THREAD = 16
+#: With fewer θ than that: smallest number of reward vectors worth a thread of its own.
+MIN_REWARDS_PER_THREAD = 8
 
 
 class CompiledTrace:
@@ -185,14 +187,30 @@ def _threads() -> int:
     return resolve_n_workers(resolve().n_workers)
 
 
-def _run(fn, batch: int) -> None:
-    """Run ``fn(lo, hi)`` over ``range(batch)`` in one chunk per thread, in parallel."""
-    n = batch // MIN_THETAS_PER_THREAD
-    n = min(_threads(), n) if n > 1 else 1
-    if n <= 1:
-        fn(0, batch)
+def _pieces(batch: int, rewards: int) -> list[tuple[slice, slice]]:
+    """Split the work into one piece per thread: over θ when the batch is large enough,
+    else over the reward vectors (one θ with many rewards, such as an SFS)."""
+    n_theta = batch // MIN_THETAS_PER_THREAD
+    n_reward = rewards // MIN_REWARDS_PER_THREAD
+    if max(n_theta, n_reward) < 2:
+        return [(slice(0, batch), slice(0, rewards))]
+    threads = _threads()
+    if n_theta >= 2:
+        n = min(threads, n_theta)
+        cuts = np.linspace(0, batch, n + 1).astype(int).tolist()
+        return [(slice(lo, hi), slice(0, rewards)) for lo, hi in itertools.pairwise(cuts)]
+    n = min(threads, n_reward)
+    cuts = np.linspace(0, rewards, n + 1).astype(int).tolist()
+    return [(slice(0, batch), slice(lo, hi)) for lo, hi in itertools.pairwise(cuts)]
+
+
+def _run(fn, pieces: list[tuple[slice, slice]]) -> None:
+    """Run ``fn(thetas, rewards)`` for every piece, in parallel on the kernel's threads."""
+    if len(pieces) == 1:
+        fn(*pieces[0])
         return
     global _pool, _pool_size
+    n = len(pieces)
     with _pool_lock:
         if _pool is None or _pool_size != n:
             if _pool is not None:
@@ -200,8 +218,7 @@ def _run(fn, batch: int) -> None:
             _pool = ThreadPoolExecutor(n, thread_name_prefix="phasetrace-kernel")
             _pool_size = n
         pool = _pool
-    cuts = np.linspace(0, batch, n + 1).astype(int).tolist()
-    futures = [pool.submit(fn, lo, hi) for lo, hi in itertools.pairwise(cuts)]
+    futures = [pool.submit(fn, *piece) for piece in pieces]
     for f in futures:
         f.result()
 
@@ -246,26 +263,28 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
     R, k = seq.shape
     out = np.empty((B, R, k))
     bad = np.empty(B, dtype=np.int64)
-    fn, lanes = impl.moments_chunk, ct.lanes(B, R * k)
-    rewards = np.ascontiguousarray(rewards, dtype=np.float64)
+    rewards = np.ascontiguousarray(rewards.T, dtype=np.float64)  # vertex-major
     seq = np.ascontiguousarray(seq, dtype=np.int64)
     scale = np.ascontiguousarray(scale, dtype=np.float64)
 
-    def chunk(lo: int, hi: int) -> None:
-        bad[lo:hi] = fn(
+    def piece(ths: slice, rs: slice) -> None:
+        th = thetas[ths]
+        part = np.empty((th.shape[0], rs.stop - rs.start, k))
+        bad[ths] = impl.moments_chunk(
             ct.prog,
             ct.tape,
             ct.start,
             rewards,
-            seq,
+            np.ascontiguousarray(seq[rs]),
             scale,
-            thetas[lo:hi],
-            out[lo:hi],
+            th,
+            part,
             ct.max_unit_ops,
-            lanes,
+            ct.lanes(th.shape[0], part.shape[1] * k),
         )
+        out[ths, rs] = part
 
-    _run(chunk, B)
+    _run(piece, _pieces(B, R))
     return _finish(trace, bad, thetas, check, out)
 
 
@@ -280,25 +299,27 @@ def moments_and_jacobian(
     jac = np.empty((B, R, k, P))
     bad = np.empty(B, dtype=np.int64)
     fact = _factorials(k)
-    fn, lanes = impl.jacobian_chunk, ct.lanes(B, 2 * R * k)
-    rewards = np.ascontiguousarray(rewards, dtype=np.float64)
 
-    def chunk(lo: int, hi: int) -> None:
-        bad[lo:hi] = fn(
+    def piece(ths: slice, rs: slice) -> None:
+        th = thetas[ths]
+        n_r = rs.stop - rs.start
+        part, part_jac = np.empty((th.shape[0], n_r, k)), np.empty((th.shape[0], n_r, k, P))
+        bad[ths] = impl.jacobian_chunk(
             ct.prog,
             ct.tape,
             ct.grads,
             ct.start,
-            rewards,
+            np.ascontiguousarray(rewards[rs].T, dtype=np.float64),  # vertex-major
             fact,
-            thetas[lo:hi],
-            out[lo:hi],
-            jac[lo:hi],
+            th,
+            part,
+            part_jac,
             ct.max_unit_ops,
-            lanes,
+            ct.lanes(th.shape[0], 2 * n_r * k),
         )
+        out[ths, rs], jac[ths, rs] = part, part_jac
 
-    _run(chunk, B)
+    _run(piece, _pieces(B, R))
     return _finish(trace, bad, thetas, check, out, jac)
 
 
