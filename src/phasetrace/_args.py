@@ -81,7 +81,9 @@ def transient_rewards(trace, rewards: np.ndarray) -> np.ndarray:
 
     Works on one vector (n_vertices,) or a matrix (R, n_vertices).
     """
-    mask = trace.arrays["vertex_kind"] == VERTEX_TRANSIENT
+    mask = trace.__dict__.get("_transient_mask")
+    if mask is None:
+        mask = trace.__dict__["_transient_mask"] = trace.arrays["vertex_kind"] == VERTEX_TRANSIENT
     return np.where(mask, rewards, 0.0)
 
 

@@ -275,7 +275,7 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_u
     k = fact.shape[0]
     W = R * L
     unit_ptr = tape[0]
-    unit_gptr, g_src, g_dst, g_coef = grads
+    unit_gptr = grads[0]
     seq = np.empty((R, k), dtype=np.int64)
     for r in range(R):
         seq[r, :] = r
@@ -309,20 +309,13 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_u
                             prev = y1[v * L + ln] if i == 1 else T[i - 2, o + ln]
                             cur[o + ln] = cur[o + ln] + rv * prev
                 solve_unit_transposed(tape, u, vals, cur, q, R, L)
-            for e in range(unit_gptr[u], unit_gptr[u + 1]):
-                v, w = g_src[e], g_dst[e]
-                for j in range(k):
-                    for r in range(R):
-                        ov, ow = (v * R + r) * L, (w * R + r) * L
-                        for ln in range(L):
-                            d = 0.0
-                            for i in range(j + 1):  # Σ_i ȳ⁽ⁱ⁺¹⁾_v (z_{j−i,w} − z_{j−i,v})
-                                y = y1[v * L + ln] if i == 0 else T[i - 1, ov + ln]
-                                zz = X[j - i]
-                                d += y * (zz[ow + ln] - zz[ov + ln])
-                            d *= fact[j]
-                            for p in range(P):
-                                G[r, j, ln, p] += g_coef[e, p] * d
+            e0, e1 = unit_gptr[u], unit_gptr[u + 1]
+            for r in range(R):
+                for j in range(k):  # Σ_i ȳ⁽ⁱ⁺¹⁾_v·(z_{j−i,w} − z_{j−i,v}), scaled by (j+1)!
+                    g = G[r, j]
+                    edge_gradient(grads, e0, e1, y1, 1, 0, X[j], R, r, fact[j], g, L)
+                    for i in range(1, j + 1):
+                        edge_gradient(grads, e0, e1, T[i - 1], R, r, X[j - i], R, r, fact[j], g, L)
         for ln in range(min(L, B - b0)):
             for r in range(R):
                 for j in range(k):
@@ -330,6 +323,21 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_u
                     for p in range(P):
                         jac[b0 + ln, r, j, p] = G[r, j, ln, p]
     return bad
+
+
+@njit(**_JIT)
+def edge_gradient(grads, e0, e1, y, yR, yr, z, R, r, scale, g, L):
+    """``g[ln, p] += scale·Σ_e coef[e, p]·y_src·(z_dst − z_src)`` over the parameterised
+    edges ``e0:e1``; ``y`` is read at ``(v*yR + yr)*L + ln``, ``z`` at ``(v*R + r)*L + ln``."""
+    _, src, dst, coef = grads
+    P = coef.shape[1]
+    for e in range(e0, e1):
+        v, w = src[e], dst[e]
+        oy, ov, ow = (v * yR + yr) * L, (v * R + r) * L, (w * R + r) * L
+        for ln in range(L):
+            d = scale * (y[oy + ln] * (z[ow + ln] - z[ov + ln]))
+            for p in range(P):
+                g[ln, p] += coef[e, p] * d
 
 
 #: The lane counts the entry points are compiled for (one θ; a block of a batch).

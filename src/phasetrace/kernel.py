@@ -17,6 +17,7 @@ This module imports numba; ``import phasetrace`` does not import it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -224,8 +225,11 @@ def _run(fn, pieces: list[tuple[slice, slice]]) -> None:
 
 
 # -- evaluation -------------------------------------------------------------------------------
+@functools.cache
 def _factorials(k: int) -> np.ndarray:
-    return np.array([math.factorial(j) for j in range(1, k + 1)], dtype=np.float64)
+    out = np.array([math.factorial(j) for j in range(1, k + 1)], dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 def _raise_bad(trace, bad: np.ndarray, thetas: np.ndarray) -> None:
@@ -263,7 +267,7 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
     R, k = seq.shape
     out = np.empty((B, R, k))
     bad = np.empty(B, dtype=np.int64)
-    rewards = np.ascontiguousarray(rewards.T, dtype=np.float64)  # vertex-major
+    rewards = _vertex_major(rewards)
     seq = np.ascontiguousarray(seq, dtype=np.int64)
     scale = np.ascontiguousarray(scale, dtype=np.float64)
 
@@ -309,7 +313,7 @@ def moments_and_jacobian(
             ct.tape,
             ct.grads,
             ct.start,
-            np.ascontiguousarray(rewards[rs].T, dtype=np.float64),  # vertex-major
+            _vertex_major(rewards[rs]),
             fact,
             th,
             part,
@@ -323,9 +327,17 @@ def moments_and_jacobian(
     return _finish(trace, bad, thetas, check, out, jac)
 
 
+def _vertex_major(rewards: np.ndarray) -> np.ndarray:
+    """Rewards (R, V) as the kernel reads them: (V, R), C order (a free reshape for R = 1)."""
+    if rewards.shape[0] == 1 and rewards.dtype == np.float64 and rewards.flags.c_contiguous:
+        return rewards.reshape(-1, 1)
+    return np.ascontiguousarray(rewards.T, dtype=np.float64)
+
+
 def _finish(trace, bad, thetas, check: bool, *results):
-    if check:
-        _raise_bad(trace, bad, thetas)
-    for res in results:
-        res[bad >= 0] = np.nan
+    if bad.size and bad.max() >= 0:  # rare: find and report the bad θ
+        if check:
+            _raise_bad(trace, bad, thetas)
+        for res in results:
+            res[bad >= 0] = np.nan
     return results[0] if len(results) == 1 else results
