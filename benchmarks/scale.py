@@ -48,7 +48,7 @@ THETA = {"two_island": [1.0, 0.5], "kingman": [1.0]}
 
 
 # -- measured in a child process ------------------------------------------------------------
-def best(fn, repeat: int = 7, budget: float = 3.0) -> float:
+def best(fn, repeat: int = 25, budget: float = 4.0) -> float:
     """Best wall time of up to ``repeat`` calls (fewer when each call is slow)."""
     fn()  # warm: caches, page faults, compilation
     times = []

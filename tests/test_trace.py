@@ -231,3 +231,26 @@ def test_same_scc_in_two_graphs_gives_the_same_unit_key():
     new = [k for k in big_keys if k not in small_keys]
     assert len(new) == 1  # only the SCC of 11 lineages is new; the start's unit is shared too
     assert len(big_keys) == len(small_keys) + 1
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(graph=cyclic_graphs(max_vertices=20), theta=thetas)
+def test_one_theta_replayed_on_threads_first_is_bitwise_the_same(graph, theta, monkeypatch):
+    """The two-phase path (all units replayed in parallel, then solved) changes no bit."""
+    from phasetrace import kernel
+
+    trace = pt.record_trace(graph)
+    want = ref_moments(trace, theta, 3)
+    fused = trace.moments_and_jacobian(theta, k=3)
+    with monkeypatch.context() as m, pt.config(n_workers=2):
+        m.setattr(kernel, "PARALLEL_REPLAY_MIN_OPS", 0)
+        assert np.array_equal(trace.moments(theta, k=3), want)
+        two_phase = trace.moments_and_jacobian(theta, k=3)
+        assert np.array_equal(two_phase[0], fused[0]) and np.array_equal(two_phase[1], fused[1])
+        if trace.arrays["input_coef"].any():  # some rate is negative at θ = (−1000, −1000)
+            with pytest.raises(pt.InvalidParameterError, match="is not > 0"):
+                trace.moments([-1e3] * graph.n_params)

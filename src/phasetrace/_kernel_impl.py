@@ -199,11 +199,13 @@ def solve_unit_transposed(tape, u, vals, t, q, R, L):
 
 
 @njit(**_JIT)
-def forward(prog, tape, rewards, seq, th, X, vals, L):
+def forward(prog, tape, rewards, seq, th, X, vals, full, L):
     """Every pass of every reward sequence, unit by unit: ``X[j] = z_{j+1}`` with
     ``z_{j+1} = F(ρ_r∘z_j)``, ``ρ_r = rewards[:, seq[r, j]]``, ``z_0 = 1``, for all ``r``
     at once (layout of :func:`solve_unit`). ``rewards`` is vertex-major (V, M).
 
+    ``vals`` is a one-unit buffer that each unit is replayed into, or with ``full`` every
+    unit's values already (:func:`replay_units`), unit ``u`` at ``unit_optr[u]·L``.
     Returns False if a rate was not a positive finite number.
     """
     R, k = seq.shape
@@ -213,7 +215,9 @@ def forward(prog, tape, rewards, seq, th, X, vals, L):
     ok = True
     X[:] = 0.0  # absorbing vertices stay 0
     for u in range(unit_ptr.shape[0] - 2, -1, -1):
-        ok = replay_unit(prog, u, th, vals, L) & ok
+        uvals = _unit_values(prog, u, th, vals, full, L)
+        if not full:
+            ok = replay_unit(prog, u, th, uvals, L) & ok
         first, last = unit_ptr[u], unit_ptr[u + 1]
         for j in range(k):
             xj = X[j]
@@ -223,7 +227,30 @@ def forward(prog, tape, rewards, seq, th, X, vals, L):
                     o = (v * R + r) * L
                     for ln in range(L):
                         xj[o + ln] = rv if j == 0 else rv * X[j - 1, o + ln]
-            solve_unit(tape, u, vals, xj, acc, R, L)
+            solve_unit(tape, u, uvals, xj, acc, R, L)
+    return ok
+
+
+@njit(**_JIT)
+def _unit_values(prog, u, th, vals, full, L):
+    """Unit ``u``'s values: all of ``vals`` (a one-unit buffer), or its block of ``vals``."""
+    if not full:
+        return vals
+    unit_optr = prog[0]
+    return vals[unit_optr[u] * L : unit_optr[u + 1] * L]
+
+
+@njit(**_JIT)
+def replay_units(prog, first, last, th, vals):
+    """Replay units ``first:last`` for one θ into ``vals`` (every unit at its own slots).
+
+    Units are independent, so threads can replay disjoint ranges at the same time.
+    Returns False if a rate was not a positive finite number.
+    """
+    unit_optr = prog[0]
+    ok = True
+    for u in range(first, last):
+        ok = replay_unit(prog, u, th, vals[unit_optr[u] : unit_optr[u + 1]], 1) & ok
     return ok
 
 
@@ -237,7 +264,7 @@ def block(th, b0, B, L):
 
 
 @njit(**_JIT)
-def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, L):
+def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, L):
     """``out[b, r, j] = fact[j]·z_{j+1}[S]`` (see :func:`forward`) for every θ of ``th``.
 
     With ``seq[r, j] = r`` and ``fact[j] = (j+1)!`` that is ``E[Y_r^(j+1)]``. Returns
@@ -247,12 +274,11 @@ def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops,
     B = th.shape[0]
     R, k = seq.shape
     V = rewards.shape[0]
-    vals = np.empty(max_unit_ops * L)
     X = np.empty((k, V * R * L))
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
         thb = block(th, b0, B, L)
-        if not forward(prog, tape, rewards, seq, thb, X, vals, L):
+        if not forward(prog, tape, rewards, seq, thb, X, vals, full, L):
             bad[b0 : b0 + L] = bad_rates(prog, thb)[: min(L, B - b0)]
         for ln in range(min(L, B - b0)):
             for r in range(R):
@@ -262,7 +288,7 @@ def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops,
 
 
 @njit(**_JIT)
-def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, L):
+def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, L):
     """Moments ``E[Y_r^(j+1)]`` and ``jac[b, r, j, p] = ∂E[Y_r^(j+1)]/∂θ_p``.
 
     Forward passes as :func:`forward`; then, units in π order, the adjoint chain
@@ -279,7 +305,6 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_u
     seq = np.empty((R, k), dtype=np.int64)
     for r in range(R):
         seq[r, :] = r
-    vals = np.empty(max_unit_ops * L)
     X = np.empty((k, V * W))
     y1 = np.empty(V * L)  # ȳ⁽¹⁾
     T = np.empty((max(k - 1, 1), V * W))  # T[i - 1] accumulates ȳ⁽ⁱ⁺¹⁾, i >= 1
@@ -288,7 +313,7 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_u
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
         thb = block(th, b0, B, L)
-        if not forward(prog, tape, rewards, seq, thb, X, vals, L):
+        if not forward(prog, tape, rewards, seq, thb, X, vals, full, L):
             bad[b0 : b0 + L] = bad_rates(prog, thb)[: min(L, B - b0)]
         y1[:] = 0.0
         T[:] = 0.0
@@ -296,9 +321,11 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_u
         for ln in range(L):
             y1[start * L + ln] = 1.0
         for u in range(unit_ptr.shape[0] - 1):  # cotangents flow downstream: π order
-            replay_unit(prog, u, thb, vals, L)
+            uvals = _unit_values(prog, u, thb, vals, full, L)
+            if not full:
+                replay_unit(prog, u, thb, uvals, L)
             first, last = unit_ptr[u], unit_ptr[u + 1]
-            solve_unit_transposed(tape, u, vals, y1, q, 1, L)
+            solve_unit_transposed(tape, u, uvals, y1, q, 1, L)
             for i in range(1, k):
                 cur = T[i - 1]
                 for v in range(first, last):
@@ -308,7 +335,7 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_u
                         for ln in range(L):
                             prev = y1[v * L + ln] if i == 1 else T[i - 2, o + ln]
                             cur[o + ln] = cur[o + ln] + rv * prev
-                solve_unit_transposed(tape, u, vals, cur, q, R, L)
+                solve_unit_transposed(tape, u, uvals, cur, q, R, L)
             e0, e1 = unit_gptr[u], unit_gptr[u + 1]
             for r in range(R):
                 for j in range(k):  # Σ_i ȳ⁽ⁱ⁺¹⁾_v·(z_{j−i,w} − z_{j−i,v}), scaled by (j+1)!
@@ -345,25 +372,24 @@ LANE_CHOICES = (1, 8)
 
 
 @njit(**_JIT)
-def moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, lanes):
+def moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, lanes):
     """:func:`_moments_chunk` for ``lanes`` in :data:`LANE_CHOICES`.
 
     The branches pass constants, so each specialisation is chosen when this function is
-    compiled, not on every call.
+    compiled, not on every call. ``vals``: a one-unit buffer of ``lanes`` θ, or (``full``,
+    one θ) every unit's values from :func:`replay_units`.
     """
     if lanes == 1:
-        return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, 1)
-    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, max_unit_ops, 8)
+        return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, 1)
+    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, False, 8)
 
 
 @njit(**_JIT)
-def jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, lanes):
+def jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, lanes):
     """:func:`_jacobian_chunk` for ``lanes`` in :data:`LANE_CHOICES` (as :func:`moments_chunk`)."""
     if lanes == 1:
-        return _jacobian_chunk(
-            prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, 1
-        )
-    return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, max_unit_ops, 8)
+        return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, 1)
+    return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, False, 8)
 
 
 @njit(**_JIT)

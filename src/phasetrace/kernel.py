@@ -40,6 +40,9 @@ BLOCK_BYTES = 512 * 1024**2
 MIN_THETAS_PER_THREAD = 16
 #: With fewer θ than that: smallest number of reward vectors worth a thread of its own.
 MIN_REWARDS_PER_THREAD = 8
+#: One θ on a trace of at least this many ops: its units are replayed on all threads
+#: first (they are independent), then solved in order (two_island(200) has 180k ops).
+PARALLEL_REPLAY_MIN_OPS = 50_000
 
 
 class CompiledTrace:
@@ -205,8 +208,8 @@ def _pieces(batch: int, rewards: int) -> list[tuple[slice, slice]]:
     return [(slice(0, batch), slice(lo, hi)) for lo, hi in itertools.pairwise(cuts)]
 
 
-def _run(fn, pieces: list[tuple[slice, slice]]) -> None:
-    """Run ``fn(thetas, rewards)`` for every piece, in parallel on the kernel's threads."""
+def _run(fn, pieces: list[tuple]) -> None:
+    """Run ``fn(*piece)`` for every piece, in parallel on the kernel's threads."""
     if len(pieces) == 1:
         fn(*pieces[0])
         return
@@ -266,26 +269,22 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
     B = thetas.shape[0]
     R, k = seq.shape
     out = np.empty((B, R, k))
-    bad = np.empty(B, dtype=np.int64)
+    bad = np.full(B, -1, dtype=np.int64)
     rewards = _vertex_major(rewards)
     seq = np.ascontiguousarray(seq, dtype=np.int64)
     scale = np.ascontiguousarray(scale, dtype=np.float64)
+    replayed = _replay_one(ct, thetas, bad)
 
     def piece(ths: slice, rs: slice) -> None:
         th = thetas[ths]
         part = np.empty((th.shape[0], rs.stop - rs.start, k))
-        bad[ths] = impl.moments_chunk(
-            ct.prog,
-            ct.tape,
-            ct.start,
-            rewards,
-            np.ascontiguousarray(seq[rs]),
-            scale,
-            th,
-            part,
-            ct.max_unit_ops,
-            ct.lanes(th.shape[0], part.shape[1] * k),
-        )
+        lanes = ct.lanes(th.shape[0], part.shape[1] * k)
+        vals, full = _workspace(ct, replayed, lanes)
+        flags = impl.moments_chunk(
+            ct.prog, ct.tape, ct.start, rewards, np.ascontiguousarray(seq[rs]), scale, th,
+            part, vals, full, lanes,
+        )  # fmt: skip
+        np.maximum(bad[ths], flags, out=bad[ths])
         out[ths, rs] = part
 
     _run(piece, _pieces(B, R))
@@ -301,30 +300,52 @@ def moments_and_jacobian(
     R = rewards.shape[0]
     out = np.empty((B, R, k))
     jac = np.empty((B, R, k, P))
-    bad = np.empty(B, dtype=np.int64)
+    bad = np.full(B, -1, dtype=np.int64)
     fact = _factorials(k)
+    replayed = _replay_one(ct, thetas, bad)
 
     def piece(ths: slice, rs: slice) -> None:
         th = thetas[ths]
         n_r = rs.stop - rs.start
         part, part_jac = np.empty((th.shape[0], n_r, k)), np.empty((th.shape[0], n_r, k, P))
-        bad[ths] = impl.jacobian_chunk(
-            ct.prog,
-            ct.tape,
-            ct.grads,
-            ct.start,
-            _vertex_major(rewards[rs]),
-            fact,
-            th,
-            part,
-            part_jac,
-            ct.max_unit_ops,
-            ct.lanes(th.shape[0], 2 * n_r * k),
-        )
+        lanes = ct.lanes(th.shape[0], 2 * n_r * k)
+        vals, full = _workspace(ct, replayed, lanes)
+        flags = impl.jacobian_chunk(
+            ct.prog, ct.tape, ct.grads, ct.start, _vertex_major(rewards[rs]), fact, th,
+            part, part_jac, vals, full, lanes,
+        )  # fmt: skip
+        np.maximum(bad[ths], flags, out=bad[ths])
         out[ths, rs], jac[ths, rs] = part, part_jac
 
     _run(piece, _pieces(B, R))
     return _finish(trace, bad, thetas, check, out, jac)
+
+
+def _replay_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray) -> np.ndarray | None:
+    """For one θ on a large trace: every unit's values, replayed on all threads (units
+    are independent). Marks ``bad`` if a rate is not a positive finite number."""
+    if thetas.shape[0] != 1 or ct.n_ops < PARALLEL_REPLAY_MIN_OPS:
+        return None
+    n = _threads()
+    if n < 2:
+        return None
+    vals = np.empty(ct.n_ops)
+    optr = ct.prog[0]
+    cuts = np.searchsorted(optr, np.linspace(0, ct.n_ops, n + 1)).tolist()
+    cuts[0], cuts[-1] = 0, optr.size - 1
+    ok = []
+    pieces = [(lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo]
+    _run(lambda lo, hi: ok.append(impl.replay_units(ct.prog, lo, hi, thetas, vals)), pieces)
+    if not all(ok):
+        bad[:] = impl.bad_rates(ct.prog, thetas)
+    return vals
+
+
+def _workspace(ct: CompiledTrace, replayed, lanes: int) -> tuple[np.ndarray, bool]:
+    """The values buffer of one piece: the replayed values, or a fresh one-unit buffer."""
+    if replayed is not None and lanes == 1:
+        return replayed, True
+    return np.empty(ct.max_unit_ops * lanes), False
 
 
 def _vertex_major(rewards: np.ndarray) -> np.ndarray:
