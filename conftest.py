@@ -16,3 +16,20 @@ if find_spec("joblib") is None:
     collect_ignore += ["src/phasetrace/executors/joblibpool.py"]
 if find_spec("matplotlib") is None:
     collect_ignore += ["src/phasetrace/bench.py"]
+
+
+def pytest_sessionstart(session):
+    """Compile the replay kernel (or load it from numba's disk cache) once, up front.
+
+    The first compilation takes about a minute on two cores; here it runs before any
+    test's timeout starts, and the disk cache it leaves serves the subprocesses that
+    tests start too.
+    """
+    import numpy as np
+
+    import phasetrace as pt
+
+    trace = pt.record_trace(pt.models.two_island(3))
+    for thetas in (np.array([1.0, 0.5]), np.array([[1.0, 0.5]] * 4)):
+        trace.moments(thetas)
+        trace.moments_and_jacobian(thetas)

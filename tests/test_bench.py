@@ -84,13 +84,6 @@ def test_quick_run_succeeds_and_prints_the_table(quick_run):
     assert "## Overhead over raw loky" in proc.stdout_text
 
 
-def test_quick_run_is_quick(quick_run):
-    _, out, seconds = quick_run
-    result = json.loads((out / "compare-quick.json").read_text())
-    assert result["wall_s"] <= 30, f"quick mode took {result['wall_s']:.1f} s of measuring"
-    assert seconds <= 60, f"quick mode took {seconds:.1f} s with start-up"  # loaded CI margin
-
-
 def test_quick_run_leaves_no_process_behind(quick_run):
     proc, _, _ = quick_run
     deadline = time.monotonic() + 10

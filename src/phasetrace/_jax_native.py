@@ -284,7 +284,7 @@ def _cotangents(x, g, lanes):
 
 
 def _loads(low: Lowered, thetas):
-    """Rates ``base + c₀θ₀ + c₁θ₁ + …`` (left to right, as the numpy evaluator), (n_load, B)."""
+    """Rates ``base + c₀θ₀ + c₁θ₁ + …`` (left to right, as the kernel), (n_load, B)."""
     out = jnp.broadcast_to(jnp.asarray(low.load_base)[:, None], (low.n_load, thetas.shape[0]))
     coef = jnp.asarray(low.load_coef)
     for i in range(low.n_params):

@@ -368,7 +368,7 @@ def edge_gradient(grads, e0, e1, y, yR, yr, z, R, r, scale, g, L):
 
 
 #: The lane counts the entry points are compiled for (one θ; a block of a batch).
-LANE_CHOICES = (1, 8)
+LANE_CHOICES = (1, 16)
 
 
 @njit(**_JIT)
@@ -381,7 +381,7 @@ def moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, la
     """
     if lanes == 1:
         return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, 1)
-    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, False, 8)
+    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, False, 16)
 
 
 @njit(**_JIT)
@@ -389,7 +389,7 @@ def jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, 
     """:func:`_jacobian_chunk` for ``lanes`` in :data:`LANE_CHOICES` (as :func:`moments_chunk`)."""
     if lanes == 1:
         return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, 1)
-    return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, False, 8)
+    return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, False, 16)
 
 
 @njit(**_JIT)

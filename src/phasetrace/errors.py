@@ -16,7 +16,7 @@ class PhasetraceError(Exception):
 
 
 class InvalidGraphError(PhasetraceError, ValueError):
-    """A graph breaks a rule of the model (see ``elimination.md`` §1).
+    """A graph breaks a rule of the model (see ``docs/algorithm.md``, "The model").
 
     The message names the vertex state and, where there is one, the edge.
     """

@@ -5,8 +5,8 @@ vectors) and weighted edges (rates). One starting vertex (state all zeros) carri
 initial distribution on its out-edges; vertices without out-edges are absorbing. An edge
 is either constant (``weight``) or parameterized: ``weight + coefficients · θ``.
 
-Rules (``elimination.md`` §1) are checked where they can be broken: a bad edge is refused
-by ``add_edge`` and whole-graph rules by :meth:`Graph.validate`, which
+Rules (``docs/algorithm.md``, "The model") are checked where they can be broken: a bad
+edge is refused by ``add_edge`` and whole-graph rules by :meth:`Graph.validate`, which
 :func:`phasetrace.record_trace` runs before any work. Nothing is silently fixed.
 
 Parallel edges are **rejected**: add the rates yourself, or use

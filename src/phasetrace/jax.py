@@ -237,7 +237,7 @@ def _check_concrete(trace, theta) -> None:
     for lo in range(0, th.shape[0], per):
         block = th[lo : lo + per]
         rates = base[:, None] + np.zeros((1, block.shape[0]))
-        for i in range(trace.n_params):  # left to right, as the numpy evaluator
+        for i in range(trace.n_params):  # left to right, as the kernel
             rates = rates + coef[:, i : i + 1] * block[None, :, i]
         bad = np.argwhere(~((rates > 0) & (rates < np.inf)))
         if bad.size:

@@ -9,7 +9,7 @@ from .trace import Trace, stitch
 
 
 def record_trace(graph: Graph) -> Trace:
-    """Record the elimination trace of ``graph`` in this process (``elimination.md`` §3, §5).
+    """Record the elimination trace of ``graph`` in this process (``docs/algorithm.md``).
 
     The graph is validated first. The result depends only on the graph's content:
     the same graph gives the same trace, bit for bit, in any process.
