@@ -3,7 +3,7 @@
     python benchmarks/record_and_evaluate.py [--quick] [--batch 1000] [--json out.json]
 
 For each model: vertices, recorded ops, record time (``record_trace``, best of a few),
-plan build time (once per trace), and evaluation time per θ of ``E[T]`` and of
+kernel set-up time (once per trace), and evaluation time per θ of ``E[T]`` and of
 ``E[T], E[T²], E[T³]`` within one batch of ``--batch`` θ.
 """
 
@@ -70,7 +70,7 @@ def run(models, batch: int, repeat: int) -> list[dict]:
 
 def table(rows) -> str:
     head = (
-        "| model | vertices | ops | record (s) | plan (s) | E[T], batch (s) | E[T] per θ (ms) "
+        "| model | vertices | ops | record (s) | kernel set-up (s) | E[T], batch (s) | E[T] per θ (ms) "
         "| k=3 per θ (ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     body = [
