@@ -70,7 +70,8 @@ def run(models, batch: int, repeat: int) -> list[dict]:
 
 def table(rows) -> str:
     head = (
-        "| model | vertices | ops | record (s) | kernel set-up (s) | E[T], batch (s) | E[T] per θ (ms) "
+        "| model | vertices | ops | record (s) | kernel set-up (s) | E[T], batch (s) "
+        "| E[T] per θ (ms) "
         "| k=3 per θ (ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     body = [
