@@ -254,3 +254,30 @@ def test_one_theta_replayed_on_threads_first_is_bitwise_the_same(graph, theta, m
         if trace.arrays["input_coef"].any():  # some rate is negative at θ = (−1000, −1000)
             with pytest.raises(pt.InvalidParameterError, match="is not > 0"):
                 trace.moments([-1e3] * graph.n_params)
+
+
+KERNEL_CACHE_SCRIPT = """
+import numpy as np, phasetrace as pt
+from phasetrace import _kernel_impl as impl
+tr = pt.record_trace(pt.models.two_island(4))
+tr.moments([1.0, 0.5]); tr.moments(np.ones((20, 2)))
+hits = sum(impl.moments_chunk.stats.cache_hits.values())
+misses = sum(impl.moments_chunk.stats.cache_misses.values())
+print(hits, misses)
+"""
+
+
+def test_a_fresh_process_loads_the_compiled_kernel_from_disk():
+    """numba's disk cache: the session start compiled (or loaded) the kernel; a new
+    process finds it there instead of compiling again."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KERNEL_CACHE_SCRIPT], capture_output=True, text=True, check=True
+    )
+    hits, misses = map(int, proc.stdout.split())
+    assert hits >= 1 and misses == 0
+
+
+def test_import_phasetrace_imports_neither_numba_nor_jax():
+    code = "import sys, phasetrace; print(sorted({'numba', 'jax'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
