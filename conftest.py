@@ -1,7 +1,16 @@
 """Repository-level pytest configuration: skip doctest collection of optional-extra modules
 when their dependency is not installed (their own test modules use importorskip)."""
 
+import os
 from importlib.util import find_spec
+from pathlib import Path
+
+# Test helpers (tests/workfns.py: crashes, sleeps, probes) must be importable by every
+# process the tests start: workers pickle them by reference.
+_TESTS = str(Path(__file__).parent / "tests")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_TESTS, os.environ.get("PYTHONPATH", "")) if p
+)
 
 collect_ignore = []
 if find_spec("jax") is None:

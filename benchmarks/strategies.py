@@ -44,7 +44,8 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from phasetrace.executors import _testfns as T
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _workfns as T
 from phasetrace.executors import available_cpus, get_executor, work_items
 
 N_WORKERS = 2
@@ -123,7 +124,7 @@ class RawLoky:
         self.ex = box[0]
 
     def run(self, fn: Callable, args: list, chunksize: int = 1) -> list:
-        return list(self.ex.map(fn, args, chunksize=chunksize))
+        return list(self.ex.map_items(fn, args, chunksize=chunksize))
 
     def close(self) -> None:
         self.ex.shutdown(wait=True)
@@ -159,7 +160,7 @@ def measure_start(repeat_cold: int, repeat_warm: int) -> list[dict[str, Any]]:
 
         def cold(name: str = name) -> None:
             with get_executor(name, n_workers=N_WORKERS) as ex:
-                ex.map(T.square, work_items(range(N_WORKERS)))
+                ex.map_items(T.square, work_items(range(N_WORKERS)))
             if name == "joblib":  # its workers belong to joblib, not to the executor
                 from joblib.externals.loky import get_reusable_executor
 
@@ -167,9 +168,9 @@ def measure_start(repeat_cold: int, repeat_warm: int) -> list[dict[str, Any]]:
 
         cold_s = _median(cold, repeat_cold)
         with get_executor(name, n_workers=N_WORKERS) as ex:
-            ex.map(T.square, work_items(range(N_WORKERS)))
+            ex.map_items(T.square, work_items(range(N_WORKERS)))
             one = work_items([1])
-            warm_s = _median(lambda ex=ex, one=one: ex.map(T.square, one), repeat_warm)
+            warm_s = _median(lambda ex=ex, one=one: ex.map_items(T.square, one), repeat_warm)
         rows.append({"strategy": name, "cold_start_s": cold_s, "warm_round_trip_s": warm_s})
     for cls in (RawLoky, RawJoblib):
         if cls is RawJoblib and not _has("joblib"):
@@ -194,14 +195,14 @@ def measure_per_unit(n_units: int, repeat: int) -> list[dict[str, Any]]:
     items = work_items(range(n_units))
     for name in _strategies("sequential", "loky", "spawn", "auto"):
         with get_executor(name, n_workers=N_WORKERS) as ex:
-            ex.map(T.square, items)  # warm (and auto: its decision)
-            t = _median(lambda ex=ex: ex.map(T.square, items), repeat)
+            ex.map_items(T.square, items)  # warm (and auto: its decision)
+            t = _median(lambda ex=ex: ex.map_items(T.square, items), repeat)
         rows.append({"strategy": name, "per_unit_s": t / n_units, "total_s": t})
     if _has("distributed"):
         few = work_items(range(200))
         with get_executor("dask", n_workers=N_WORKERS, min_chunk_seconds=0) as ex:
-            ex.map(T.square, few)
-            t = _median(lambda ex=ex: ex.map(T.square, few), repeat)
+            ex.map_items(T.square, few)
+            t = _median(lambda ex=ex: ex.map_items(T.square, few), repeat)
         rows.append({"strategy": "dask (1 task per unit)", "per_unit_s": t / 200, "total_s": t})
     raw = RawLoky()
     args = list(range(n_units))
@@ -226,10 +227,10 @@ def measure_speedup(
     executors = {}
     for name in _strategies("sequential", "loky", "spawn", "auto"):
         ex = get_executor(name, n_workers=N_WORKERS)
-        ex.map(T.square, work_items(range(N_WORKERS), costs=[1.0] * N_WORKERS))
+        ex.map_items(T.square, work_items(range(N_WORKERS), costs=[1.0] * N_WORKERS))
         executors[name] = ex
         closers.append(ex.close)
-        runners[name] = lambda n_iter, n, cost, ex=ex: ex.map(
+        runners[name] = lambda n_iter, n, cost, ex=ex: ex.map_items(
             T.spin, work_items([n_iter] * n, costs=[cost] * n)
         )
     raws = [RawLoky()] + ([RawJoblib()] if _has("joblib") else [])

@@ -55,11 +55,10 @@ def _session_processes(sid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """Run ``phasetrace bench --quick --out DIR`` once; return (process, DIR, seconds)."""
+    """Run ``phasetrace bench --quick --out DIR`` once; return (process, DIR)."""
     out = tmp_path_factory.mktemp("bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHASETRACE_")}
     env["PHASETRACE_CACHE_DIR"] = str(out / "cache")  # never the user's cache
-    t0 = time.perf_counter()
     proc = subprocess.Popen(
         [EXE, "bench", "--quick", "--out", str(out)],
         stdout=subprocess.PIPE,
@@ -72,12 +71,11 @@ def quick_run(tmp_path_factory):
         proc.stdout_text, proc.stderr_text = proc.communicate(timeout=120)
     finally:
         proc.kill()  # only if it is still running after a failure; a no-op otherwise
-    seconds = time.perf_counter() - t0
-    return proc, out, seconds
+    return proc, out
 
 
 def test_quick_run_succeeds_and_prints_the_table(quick_run):
-    proc, _, _ = quick_run
+    proc, _ = quick_run
     assert proc.returncode == 0, proc.stderr_text
     assert proc.stdout_text.startswith("# phasetrace strategy comparison")
     assert "| sequential | 1 | 1.00×" in proc.stdout_text
@@ -85,15 +83,14 @@ def test_quick_run_succeeds_and_prints_the_table(quick_run):
 
 
 def test_quick_run_leaves_no_process_behind(quick_run):
-    proc, _, _ = quick_run
-    deadline = time.monotonic() + 10
-    while (left := _session_processes(proc.pid)) and time.monotonic() < deadline:
+    proc, _ = quick_run
+    # polls until none is left; a process that never ends fails by pytest-timeout
+    while _session_processes(proc.pid):
         time.sleep(0.2)
-    assert left == [], f"processes left by the benchmark: {left}"
 
 
 def test_quick_run_writes_files(quick_run):
-    _, out, _ = quick_run
+    _, out = quick_run
     for name in ("compare-quick.json", "compare-quick.md"):
         assert (out / name).stat().st_size > 0
     assert not list(out.glob("cache/**/*")), "the benchmark used the default cache directory"
@@ -101,7 +98,7 @@ def test_quick_run_writes_files(quick_run):
 
 def test_quick_run_writes_plots(quick_run):
     pytest.importorskip("matplotlib", reason="plots need the bench extra")
-    _, out, _ = quick_run
+    _, out = quick_run
     for name in ("compare-quick_speedup.png", "compare-quick_stages.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "compare-quick.md").read_text()
@@ -109,7 +106,7 @@ def test_quick_run_writes_plots(quick_run):
 
 
 def test_quick_run_json_structure(quick_run):
-    _, out, _ = quick_run
+    _, out = quick_run
     r = json.loads((out / "compare-quick.json").read_text())
     assert r["schema"] == bench.SCHEMA and r["quick"] is True
     assert {"cpu_count", "available_cpus", "python", "packages", "system"} <= set(r["machine"])

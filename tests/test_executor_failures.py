@@ -1,7 +1,9 @@
-"""What users must be able to rely on when things go wrong (architecture.md, failure behaviour).
+"""What users must be able to rely on when things go wrong: a dead worker, a failing unit,
+a timeout, Ctrl-C, a killed parent, things that cannot be pickled.
 
-Every test has a pytest-timeout bound, so a hang fails instead of stalling the suite. The
-only timing assertions are "within N seconds" bounds.
+Every test has a pytest-timeout bound, so a hang fails instead of stalling the suite;
+nothing asserts how long anything took (events are polled instead, with generous bounds).
+The full matrix of failure kinds and stages per strategy is ``test_crash_matrix.py``.
 """
 
 from __future__ import annotations
@@ -20,22 +22,27 @@ from concurrent.futures.process import BrokenProcessPool
 import psutil
 import pytest
 
+import workfns as T
 from phasetrace.errors import (
     ExecutorTimeoutError,
     SerializationError,
+    StrategyError,
     UnitFailedError,
     WorkerCrashedError,
 )
-from phasetrace.executors import _testfns as T
 from phasetrace.executors import get_executor, work_items
 
 POOLED = ["loky", "spawn"]
+#: Strategies whose workers are children of this process (orphan checks).
+LOCAL_PROCESSES = ["loky", "spawn", "joblib"]
+#: Generous bound on events that take well under a second on an idle machine.
+EVENTUALLY = 30.0
 
 
 @pytest.fixture(scope="module", params=POOLED)
 def pool(request):
     with get_executor(request.param, n_workers=2) as ex:
-        ex.map(T.square, work_items([1]))  # warm
+        ex.map_items(T.square, work_items([1]))  # warm
         yield ex
 
 
@@ -56,7 +63,7 @@ def _wait_all_gone(procs, within: float) -> list[psutil.Process]:
 
 
 def _worker_procs(ex) -> list[psutil.Process]:
-    return [psutil.Process(pid) for pid in ex._pool_processes(ex._pool)]
+    return [psutil.Process(pid) for pid in ex._workers()]
 
 
 # -- a worker dies -----------------------------------------------------------------------
@@ -70,10 +77,8 @@ def test_dead_worker_names_the_unit_and_next_call_gets_a_fresh_pool(pool, how):
         keys=["k0", "k1", "CRASHING-UNIT", "k3"],
     )
     generation = pool.generation
-    start = time.monotonic()
     with pytest.raises(WorkerCrashedError) as info:
-        pool.map(T.behave, items)
-    assert time.monotonic() - start < 10
+        pool.map_items(T.behave, items)
     err = info.value
     assert "CRASHING-UNIT" in str(err)
     assert err.key == "CRASHING-UNIT"
@@ -81,7 +86,7 @@ def test_dead_worker_names_the_unit_and_next_call_gets_a_fresh_pool(pool, how):
     expected = {"exit": 5, "kill": -signal.SIGKILL, "segfault": -signal.SIGSEGV}[how]
     assert err.exitcode == expected
     # the next call works, on a new pool
-    assert pool.map(T.square, work_items(range(10))) == [i * i for i in range(10)]
+    assert pool.map_items(T.square, work_items(range(10))) == [i * i for i in range(10)]
     assert pool.generation == generation + 1
     assert "died" in pool.last_rebuild_reason
 
@@ -92,22 +97,22 @@ def test_crash_inside_a_large_chunk_names_the_unit_that_ran(pool):
     payloads[237] = ("exit", 3)
     items = work_items(payloads, keys=[f"unit-{i:03d}" for i in range(400)])
     with pytest.raises(WorkerCrashedError) as info:
-        pool.map(T.behave, items)
+        pool.map_items(T.behave, items)
     assert info.value.key == "unit-237"
     assert "unit-237" in str(info.value)
-    assert pool.map(T.square, work_items([4])) == [16]
+    assert pool.map_items(T.square, work_items([4])) == [16]
 
 
 # -- a unit raises -----------------------------------------------------------------------
 
 
 @pytest.mark.timeout(30)
-def test_exception_in_unit_carries_key_type_message_and_worker_traceback(pool):
+def test_exception_in_unit_keeps_its_type_with_key_note_and_worker_traceback(pool):
     items = work_items([("value", 1), ("raise", "bad θ"), ("value", 2)], keys=["a", "b", "c"])
-    with pytest.raises(UnitFailedError) as info:
-        pool.map(T.behave, items)
+    with pytest.raises(ValueError) as info:
+        pool.map_items(T.behave, items)
     err = info.value
-    assert err.key == "b" and err.exc_type == "ValueError" and err.exc_message == "bad θ"
+    assert str(err) == "bad θ" and "work unit b" in err.__notes__[0]
     shown = "".join(traceback.format_exception(err))
     assert "direct cause" in shown
     assert "raise_value_error" in shown and "raise ValueError(message)" in shown
@@ -117,18 +122,16 @@ def test_exception_in_unit_carries_key_type_message_and_worker_traceback(pool):
 def test_sys_exit_in_a_unit_is_a_unit_failure_not_a_crash(pool):
     generation = pool.generation
     with pytest.raises(UnitFailedError) as info:
-        pool.map(T.exit_via_sys_exit, work_items([4], keys=["quits"]))
+        pool.map_items(T.exit_via_sys_exit, work_items([4], keys=["quits"]))
     assert info.value.key == "quits" and info.value.exc_type == "SystemExit"
-    assert pool.map(T.square, work_items([2])) == [4]
+    assert pool.map_items(T.square, work_items([2])) == [4]
     assert pool.generation == generation
 
 
 @pytest.mark.timeout(30)
 def test_pools_do_not_nest_inside_workers(pool):
-    with pytest.raises(UnitFailedError) as info:
-        pool.map(T.nested_map, work_items([pool.name]))
-    assert info.value.exc_type == "phasetrace.errors.StrategyError"
-    assert "inside a worker" in info.value.exc_message
+    with pytest.raises(StrategyError, match="inside a worker"):
+        pool.map_items(T.nested_map, work_items([pool.name]))
 
 
 # -- timeouts ----------------------------------------------------------------------------
@@ -136,18 +139,16 @@ def test_pools_do_not_nest_inside_workers(pool):
 
 @pytest.mark.timeout(60)
 def test_timeout_terminates_the_workers_that_ran_over(pool):
-    pool.map(T.square, work_items(range(4)))
+    pool.map_items(T.square, work_items(range(4)))
     workers = _worker_procs(pool)
     generation = pool.generation
-    start = time.monotonic()
     items = work_items([30_000] * 4, keys=[f"slow-{i}" for i in range(4)])
     with pytest.raises(ExecutorTimeoutError) as info:
-        pool.map(T.sleep_ms, items, timeout=1.0)
-    assert time.monotonic() - start < 5
+        pool.map_items(T.sleep_ms, items, timeout=1.0)
     assert isinstance(info.value, TimeoutError)
     assert "slow-0" in str(info.value) and "slow-1" in str(info.value)
-    assert not _wait_all_gone(workers, within=2.0)
-    assert pool.map(T.square, work_items([3])) == [9]
+    assert not _wait_all_gone(workers, within=EVENTUALLY)
+    assert pool.map_items(T.square, work_items([3])) == [9]
     assert pool.generation == generation + 1
 
 
@@ -155,13 +156,13 @@ def test_timeout_terminates_the_workers_that_ran_over(pool):
 def test_sequential_timeout_is_checked_between_units():
     with get_executor("sequential") as ex:
         with pytest.raises(ExecutorTimeoutError, match="between units"):
-            ex.map(T.sleep_ms, work_items([300, 300, 300]), timeout=0.1)
-        assert ex.map(T.square, work_items([2]), timeout=10) == [4]
+            ex.map_items(T.sleep_ms, work_items([300, 300, 300]), timeout=0.1)
+        assert ex.map_items(T.square, work_items([2]), timeout=10) == [4]
 
 
 def test_bad_timeout_is_rejected(pool):
     with pytest.raises(ValueError, match="timeout"):
-        pool.map(T.square, work_items([1]), timeout=0)
+        pool.map_items(T.square, work_items([1]), timeout=0)
 
 
 # -- things that cannot be pickled -------------------------------------------------------
@@ -171,14 +172,14 @@ def test_bad_timeout_is_rejected(pool):
 def test_spawn_rejects_lambda_with_a_fix():
     with get_executor("spawn", n_workers=1) as ex:
         with pytest.raises(SerializationError) as info:
-            ex.map(lambda x: x, work_items([1]))
+            ex.map_items(lambda x: x, work_items([1]))
         assert info.value.what == "fn" and "'loky'" in str(info.value)
 
         def local(x):
             return x
 
         with pytest.raises(SerializationError) as info:
-            ex.map(local, work_items([1]))
+            ex.map_items(local, work_items([1]))
         assert "cannot be pickled" in str(info.value) and "top level" in str(info.value)
         assert ex.generation == 0  # rejected before any worker started
 
@@ -193,17 +194,17 @@ def test_unpicklable_fn_item_and_result_are_named(pool):
 
     if pool.name == "loky":  # cloudpickle ships closures, but not one holding a lock
         with pytest.raises(SerializationError) as info:
-            pool.map(holds_lock, work_items([1]))
+            pool.map_items(holds_lock, work_items([1]))
         assert info.value.what == "fn"
     items = work_items([1, threading.Lock(), 3], keys=["ok", "LOCKED", "ok2"])
     with pytest.raises(SerializationError) as info:
-        pool.map(T.identity, items)
+        pool.map_items(T.identity, items)
     assert info.value.what == "item" and info.value.key == "LOCKED"
     assert "item 1 (key LOCKED)" in str(info.value) and "plain data" in str(info.value)
     with pytest.raises(SerializationError) as info:
-        pool.map(T.unpicklable_result, work_items([0], keys=["RES"]))
+        pool.map_items(T.unpicklable_result, work_items([0], keys=["RES"]))
     assert info.value.what == "result" and info.value.key == "RES"
-    assert pool.map(T.square, work_items([5])) == [25]
+    assert pool.map_items(T.square, work_items([5])) == [25]
     assert pool.generation == generation  # none of this broke the pool
 
 
@@ -215,7 +216,7 @@ def test_payload_that_workers_cannot_unpickle_is_reported(pool, monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     generation = pool.generation
     with pytest.raises(SerializationError) as info:
-        pool.map(T.identity, work_items([cls()], keys=["ORPHAN"]))
+        pool.map_items(T.identity, work_items([cls()], keys=["ORPHAN"]))
     assert info.value.what == "chunk" and "ORPHAN" in str(info.value)
     assert "importable" in str(info.value)
     assert pool.generation == generation
@@ -227,14 +228,18 @@ _SCRIPT = textwrap.dedent(
     """
     import sys
     from phasetrace.executors import get_executor, work_items
-    from phasetrace.executors import _testfns
+    import workfns
 
     if __name__ == "__main__":
-        with get_executor(sys.argv[1], n_workers=2) as ex:
-            ex.map(_testfns.square, work_items([1, 2]))
+        strategy, marks = sys.argv[1], sys.argv[2]
+        with get_executor(strategy, n_workers=2) as ex:
+            ex.map_items(workfns.square, work_items([1, 2]))
             print("READY", flush=True)
             try:
-                ex.map(_testfns.sleep_ms, work_items([60_000] * 6))
+                ex.map_items(
+                    workfns.mark_then_sleep,
+                    work_items([(marks, 60_000)] * 6, costs=[60.0] * 6),
+                )
             except KeyboardInterrupt:
                 print("INTERRUPTED", flush=True)
                 raise
@@ -243,49 +248,50 @@ _SCRIPT = textwrap.dedent(
 
 
 def _start_long_map(tmp_path, strategy):
+    """A subprocess whose two workers are both inside a 60 s unit (each left a mark)."""
     script = tmp_path / "long_map.py"
     script.write_text(_SCRIPT)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, str(script), strategy],
+        [sys.executable, str(script), strategy, str(marks)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout.readline().strip() == "READY"
-    parent = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # wait until both workers run a long unit
-        workers = [c for c in parent.children() if "resource_tracker" not in " ".join(c.cmdline())]
-        if len(workers) >= 2:
-            break
+    deadline = time.monotonic() + EVENTUALLY
+    while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # let the workers pick up their long units
+    assert len(list(marks.iterdir())) >= 2, "the workers never started their units"
+    parent = psutil.Process(proc.pid)
     return proc, parent.children(recursive=True)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("strategy", POOLED)
 def test_ctrl_c_cancels_units_and_ends_workers(tmp_path, strategy):
     proc, descendants = _start_long_map(tmp_path, strategy)
     assert len(descendants) >= 2
     os.kill(proc.pid, signal.SIGINT)
-    t0 = time.monotonic()
     try:
-        out, err = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=EVENTUALLY)
     finally:
         proc.kill()
     assert "INTERRUPTED" in out, err
     assert "KeyboardInterrupt" in err
-    alive = _wait_all_gone(descendants, within=max(0.1, 2.0 - (time.monotonic() - t0)))
+    alive = _wait_all_gone(descendants, within=EVENTUALLY)
     assert not alive, [p.cmdline() for p in alive]
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("strategy", POOLED)
+@pytest.mark.parametrize("strategy", LOCAL_PROCESSES)
 def test_workers_exit_when_parent_is_killed(tmp_path, strategy):
+    if strategy == "joblib":
+        pytest.importorskip("joblib")
     proc, descendants = _start_long_map(tmp_path, strategy)
     assert len(descendants) >= 2
     proc.kill()  # SIGKILL: no cleanup code of the parent runs
     proc.wait(timeout=10)
-    alive = _wait_all_gone(descendants, within=30.0)
+    alive = _wait_all_gone(descendants, within=EVENTUALLY)
     assert not alive, [p.cmdline() for p in alive]

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import phasetrace as pt  # noqa: E402
+import workfns as T  # noqa: E402
 from phasetrace import _jax_bridge as bridge  # noqa: E402
 from phasetrace._jax_bridge import GraphStore, record_traces_callback  # noqa: E402
 from phasetrace.errors import (  # noqa: E402
@@ -33,7 +34,6 @@ from phasetrace.errors import (  # noqa: E402
     WorkerCrashedError,
 )
 from phasetrace.executors import Executor, WorkItem, get_executor  # noqa: E402
-from phasetrace.executors import _testfns as T  # noqa: E402
 from phasetrace.scc import decompose  # noqa: E402
 from strategies import cyclic_graphs  # noqa: E402
 
@@ -277,17 +277,15 @@ class _CrashFirst(Executor):
         self._inner = get_executor("loky", n_workers=1)
         self.crashes_left = 1
 
-    def map(self, fn, items, *, timeout=None):
-        items = list(items)
+    def _start(self, fn, items, *, timeout, star, chunksize):
         if self.crashes_left:
             self.crashes_left -= 1
             doomed = [WorkItem(it.index, it.key, 7, it.cost) for it in items]
-            return self._inner.map(T.exit_now, doomed, timeout=timeout)
-        return self._inner.map(fn, items, timeout=timeout)
+            return self._inner.map_items(T.exit_now, doomed, timeout=timeout)
+        return self._inner.map_items(fn, items, timeout=timeout)
 
-    def close(self):
-        self._inner.close()
-        super().close()
+    def _shutdown(self, wait, cancel_futures):
+        self._inner.shutdown(wait=wait)
 
 
 def test_worker_crash_is_raised_as_worker_crashed_error_with_the_unit_key(temporary_strategy):
@@ -332,8 +330,7 @@ class _SlowCounting(Executor):
     def __init__(self, n_workers=None):
         super().__init__(1)
 
-    def map(self, fn, items, *, timeout=None):
-        items = list(items)
+    def _start(self, fn, items, *, timeout, star, chunksize):
         with self.lock:
             self.keys.update(it.key for it in items)
         time.sleep(0.15)

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _work
 from .cache import TraceCache, default_cache_dir
-from .errors import TraceFormatError
+from .errors import ExecutorTimeoutError, TraceFormatError
 from .executors.base import WorkItem
 from .graph import Graph
 from .scc import Decomposition, WorkUnit, decompose
@@ -216,7 +216,8 @@ def compute_traces(
     for i, g in enumerate(graphs):
         if not isinstance(g, Graph):
             raise TypeError(f"graphs[{i}] is a {type(g).__name__}, not a phasetrace.Graph")
-    stats = RunStats(graphs=len(graphs), strategy=settings.strategy, n_workers=settings.n_workers)
+    strategy = settings.strategy if isinstance(settings.strategy, str) else "executor object"
+    stats = RunStats(graphs=len(graphs), strategy=strategy, n_workers=settings.n_workers)
     store = get_cache(settings)
     with _timed(stats, "lookup"):
         traces, keys = _whole_traces(graphs, store, settings, stats)
@@ -407,7 +408,7 @@ def _record(missing: list[WorkItem], settings: Settings, stats: RunStats) -> lis
     executor = get_executor_for(settings)
     expected = sum(it.cost for it in missing)
     if not _show_progress(settings.progress, expected):
-        out = executor.map(_work.record_payload, missing, timeout=settings.timeout)
+        out = executor.map_items(_work.record_payload, missing, timeout=settings.timeout)
         _note_strategy(executor, stats)
         return out
     return _record_with_progress(executor, missing, settings, stats)
@@ -417,6 +418,8 @@ def _note_strategy(executor, stats: RunStats) -> None:
     decision = getattr(executor, "last_decision", None)
     if decision is not None:
         stats.strategy = f"auto→{decision.strategy}"
+    elif not isinstance(stats.strategy, str):  # an executor object given as the strategy
+        stats.strategy = getattr(executor, "name", type(executor).__name__)
 
 
 def _show_progress(progress: bool | None, expected_seconds: float) -> bool:
@@ -426,12 +429,14 @@ def _show_progress(progress: bool | None, expected_seconds: float) -> bool:
 
 
 def _record_with_progress(executor, missing, settings, stats) -> list[dict]:
-    """Dispatch in about 20 batches so a tqdm bar can advance between them."""
+    """Dispatch in about 20 batches so a tqdm bar can advance between them; ``timeout``
+    still bounds the whole call (each batch gets what is left of it)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a nicety: say so once, and record without it
         logger.warning("progress bar requested but tqdm is not installed (pip install tqdm)")
-        return executor.map(_work.record_payload, missing, timeout=settings.timeout)
+        return executor.map_items(_work.record_payload, missing, timeout=settings.timeout)
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
     out: list[dict] = []
     step = max(1, len(missing) // 20)
     with tqdm(total=len(missing), desc="recording units", unit="unit") as bar:
@@ -440,7 +445,13 @@ def _record_with_progress(executor, missing, settings, stats) -> list[dict]:
                 WorkItem(i, it.key, it.payload, it.cost)
                 for i, it in enumerate(missing[s : s + step])
             ]
-            out.extend(executor.map(_work.record_payload, batch, timeout=settings.timeout))
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ExecutorTimeoutError(
+                    f"recording did not finish within {settings.timeout} s: "
+                    f"{len(missing) - s} of {len(missing)} units not started"
+                )
+            out.extend(executor.map_items(_work.record_payload, batch, timeout=left))
             bar.update(len(batch))
     _note_strategy(executor, stats)
     return out

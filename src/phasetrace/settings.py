@@ -7,7 +7,8 @@ Precedence, highest first, implemented once in :func:`resolve`:
    inherits what it does not set);
 3. ``configure(...)``: process-wide defaults;
 4. environment variables ``PHASETRACE_STRATEGY``, ``PHASETRACE_N_WORKERS``,
-   ``PHASETRACE_CACHE_DIR`` (read at each resolution);
+   ``PHASETRACE_CACHE_DIR`` (read at each resolution, and checked only when used: a bad
+   value is an error only where no higher layer sets that setting);
 5. the defaults of :class:`Settings`.
 
 "Not given" is the :data:`UNSET` sentinel, not ``None``: ``None`` is a value of its own
@@ -37,14 +38,15 @@ import atexit
 import contextvars
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
 from phasetrace.errors import StrategyError
-from phasetrace.executors.base import Executor, resolve_n_workers
-from phasetrace.executors.registry import get_executor, validate_strategy
+from phasetrace.executors.base import Executor, live_executors, resolve_n_workers
+from phasetrace.executors.registry import accepted_options, get_executor, validate_strategy
 
 __all__ = [
     "UNSET",
@@ -93,10 +95,14 @@ class Settings:
 
     Attributes
     ----------
-    strategy : str
-        Executor strategy name (default ``"auto"``).
+    strategy : str or executor
+        Executor strategy name (default ``"auto"``), or an executor object: a phasetrace
+        executor, or any ``concurrent.futures.Executor`` to adopt (phasetrace never shuts
+        down one it did not create).
     n_workers : int or None
-        Worker count with joblib's ``n_jobs`` meaning; None is the strategy's default.
+        Worker count (see :func:`phasetrace.executors.resolve_n_workers`: positive
+        counts, negative ones counting back from the CPUs as joblib's ``n_jobs`` does);
+        None is the strategy's default.
     cache : bool
         Use the on-disk trace cache (default True).
     cache_dir : str or None
@@ -110,7 +116,7 @@ class Settings:
         sorted pairs so that ``Settings`` stays immutable; see :attr:`options_dict`.
     """
 
-    strategy: str = "auto"
+    strategy: Any = "auto"
     n_workers: int | None = None
     cache: bool = True
     cache_dir: str | None = None
@@ -131,11 +137,16 @@ _DEFAULTS = Settings()
 # -- validation ------------------------------------------------------------------------
 
 
-def _check_strategy(value: Any) -> str:
-    if not isinstance(value, str):
-        raise StrategyError(f"strategy must be a name (str), got {type(value).__name__} {value!r}")
-    validate_strategy(value)
-    return value
+def _check_strategy(value: Any) -> Any:
+    if isinstance(value, str):
+        validate_strategy(value)
+        return value
+    if isinstance(value, Executor) or callable(getattr(value, "submit", None)):
+        return value  # an executor object: used (or adopted) as it is
+    raise StrategyError(
+        f"strategy must be a name (str) or an executor with submit(), got "
+        f"{type(value).__name__} {value!r}"
+    )
 
 
 def _check_n_workers(value: Any) -> int | None:
@@ -218,37 +229,24 @@ def _validated(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _effective_strategy() -> str:
-    for layer in (_block_layer.get(), _process_layer, _env_layer()):
+def _effective_strategy() -> Any:
+    for layer in (_block_layer.get(), _process_layer):
         if "strategy" in layer:
             return layer["strategy"]
-    return _DEFAULTS.strategy
+    env = _env_value("strategy")
+    return _DEFAULTS.strategy if env is UNSET else env
 
 
-def _accepted_options(strategy: str) -> set[str] | None:
-    """Option names the strategy's factory takes; None when it takes anything."""
-    import inspect
-
-    from phasetrace.executors.registry import get_strategy_factory
-
-    factory = get_strategy_factory(strategy)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a C callable: nothing to check against
-        return None
-    names = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        delegate = getattr(factory, "forwards_options_to", None)
-        if delegate is None:
-            return None
-        more = _accepted_options(delegate)
-        return None if more is None else names | more
-    return names - {"self", "n_workers"}
-
-
-def _check_option_names(strategy: str, options: Mapping[str, Any]) -> None:
+def _check_option_names(strategy: Any, options: Mapping[str, Any]) -> None:
     """Refuse options the strategy does not take: a typo fails here, not at first use."""
-    accepted = _accepted_options(strategy)
+    if not isinstance(strategy, str):
+        if options:
+            raise TypeError(
+                "strategy options apply to named strategies; an executor object comes "
+                f"configured already (got options {sorted(options)})"
+            )
+        return
+    accepted = accepted_options(strategy)
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
@@ -268,27 +266,27 @@ _block_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar
 )
 
 
-def _env_layer() -> dict[str, Any]:
-    layer: dict[str, Any] = {}
-    strategy = os.environ.get(ENV_STRATEGY, "").strip()
-    if strategy:
-        try:
-            layer["strategy"] = _check_strategy(strategy)
-        except StrategyError as exc:
-            raise type(exc)(f"environment variable {ENV_STRATEGY}: {exc}") from None
-    n_workers = os.environ.get(ENV_N_WORKERS, "").strip()
-    if n_workers:
-        try:
-            layer["n_workers"] = _check_n_workers(int(n_workers))
-        except ValueError as exc:  # int() failed, or StrategyError (a ValueError)
-            raise StrategyError(
-                f"environment variable {ENV_N_WORKERS}={n_workers!r} is not a valid worker "
-                f"count: {exc}"
-            ) from None
-    cache_dir = os.environ.get(ENV_CACHE_DIR, "").strip()
-    if cache_dir:
-        layer["cache_dir"] = cache_dir
-    return layer
+_ENV = {"strategy": ENV_STRATEGY, "n_workers": ENV_N_WORKERS, "cache_dir": ENV_CACHE_DIR}
+
+
+def _env_value(name: str) -> Any:
+    """The environment's value of a setting, checked now (``UNSET`` when not set).
+
+    Called only for a setting that no higher layer sets, so a bad value that an explicit
+    argument, a ``config`` block or ``configure`` overrides is never an error.
+    """
+    var = _ENV.get(name)
+    raw = os.environ.get(var, "").strip() if var else ""
+    if not raw:
+        return UNSET
+    try:
+        if name == "n_workers":
+            return _check_n_workers(int(raw))
+        return _CHECKS[name](raw)
+    except (ValueError, TypeError) as exc:  # int() failed, or a check (StrategyError)
+        # keep the subclass (pmap's StrategyRejectedError) so handlers see the real reason
+        kind = type(exc) if isinstance(exc, StrategyError) else StrategyError
+        raise kind(f"environment variable {var}={raw!r}: {exc}") from None
 
 
 def configure(**settings: Any) -> Settings:
@@ -401,7 +399,7 @@ def resolve(**explicit: Any) -> Settings:
     >>> (s.strategy, s.n_workers)
     ('sequential', 2)
     """
-    layers = (_validated(explicit), _block_layer.get(), _process_layer, _env_layer())
+    layers = (_validated(explicit), _block_layer.get(), _process_layer)
     values = {}
     for name in _FIELDS:
         for layer in layers:
@@ -409,7 +407,8 @@ def resolve(**explicit: Any) -> Settings:
                 values[name] = layer[name]
                 break
         else:
-            values[name] = getattr(_DEFAULTS, name)
+            env = _env_value(name)
+            values[name] = getattr(_DEFAULTS, name) if env is UNSET else env
     return Settings(**values)
 
 
@@ -426,17 +425,21 @@ def get_settings() -> Settings:
 
 # -- executors kept warm across calls ----------------------------------------------------
 
+#: Executors kept by :func:`get_executor_for` (least recently used first out; an evicted
+#: one is shut down): enough for a strategy switched back and forth, not a growing pile.
+MAX_KEPT_EXECUTORS = 4
 _executors_lock = threading.Lock()
-_executors: list[tuple[tuple, Executor]] = []
+_executors: OrderedDict[tuple, Executor] = OrderedDict()
 
 
 def get_executor_for(settings: Settings | None = None) -> Executor:
     """Return a shared, open executor for ``settings`` (resolved here when None).
 
-    Executors are cached by ``(strategy, n_workers, options)`` and reused by later calls,
-    so pools stay warm; :func:`shutdown_executors` (also run at exit) closes them. A
-    cached executor may be used from several threads; the pooled strategies run one
-    ``map`` at a time each. Do not close the returned executor yourself.
+    Executors are kept by ``(strategy, n_workers, options)`` and reused by later calls,
+    so pools stay warm; at most :data:`MAX_KEPT_EXECUTORS` are kept (the least recently
+    used is shut down), and :func:`shutdown_executors` (also run at exit) shuts down every
+    executor phasetrace created. An executor object given as the strategy is used as it is
+    (a foreign one adopted). Do not shut down the returned executor yourself.
 
     Examples
     --------
@@ -445,29 +448,36 @@ def get_executor_for(settings: Settings | None = None) -> Executor:
     True
     """
     s = get_settings() if settings is None else settings
-    key = (s.strategy, s.n_workers, s.options)
+    key = (s.strategy if isinstance(s.strategy, str) else id(s.strategy), s.n_workers, s.options)
+    evicted = []
     with _executors_lock:
-        for cached_key, executor in _executors:
-            if cached_key == key and not executor.closed:
-                return executor
-        _executors[:] = [(k, e) for k, e in _executors if not e.closed]
+        executor = _executors.get(key)
+        if executor is not None and not executor.closed:
+            _executors.move_to_end(key)
+            return executor
         executor = get_executor(s.strategy, s.n_workers, **s.options_dict)
-        _executors.append((key, executor))
-        return executor
+        _executors[key] = executor
+        while len(_executors) > MAX_KEPT_EXECUTORS:
+            evicted.append(_executors.popitem(last=False)[1])
+    for old in evicted:
+        old.shutdown(wait=False)
+    return executor
 
 
 def shutdown_executors() -> None:
-    """Close every executor cached by :func:`get_executor_for` (registered with atexit).
+    """Shut down every executor phasetrace created (registered with atexit).
+
+    Executors kept by :func:`get_executor_for` and those built with ``get_executor``
+    alike; executors you passed in yourself (adopted) keep running.
 
     Examples
     --------
     >>> shutdown_executors()
     """
     with _executors_lock:
-        cached = [e for _, e in _executors]
         _executors.clear()
-    for executor in cached:
-        executor.close()
+    for executor in live_executors():
+        executor.shutdown(wait=True)
 
 
 atexit.register(shutdown_executors)

@@ -7,7 +7,7 @@ Examples
 --------
 >>> from phasetrace.executors import get_executor, work_items
 >>> with get_executor("sequential") as ex:
-...     ex.map(len, work_items(["ab", "c"]))
+...     ex.map_items(len, work_items(["ab", "c"]))
 [2, 1]
 """
 

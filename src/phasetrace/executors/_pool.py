@@ -1,44 +1,48 @@
 """What the process-pool strategies (``loky``, ``spawn``) share: chunking, dispatch, diagnosis.
 
-Data flow of one ``map`` call::
+Data flow of one call::
 
-    items ──plan_chunks──▶ [(start, stop)…] ──pickle (fn, [(key, payload)…])──▶ bytes per chunk
+    items ──plan_chunks──▶ [(start, stop)…] ──_wire.pack_chunk──▶ bytes per chunk
           ──pool.submit(_worker.run_pickled_chunk, blob, progress slot)──▶ futures
-          ──collect in input order──▶ outcomes ──▶ results | UnitFailedError
+          ──collect in input order──▶ outcomes ──▶ results | the unit's exception
                                          │
                pool broke / timeout / Ctrl-C ──▶ read progress slots ──▶ name the unit(s)
 
-A subclass supplies the pool: :meth:`PooledExecutor._ensure_pool` (return a healthy
-``concurrent.futures``-style executor, rebuilding it when needed),
-:meth:`PooledExecutor._pool_processes` and :meth:`PooledExecutor._kill_pool`.
+A subclass supplies the pool through public constructors only:
+:meth:`PooledExecutor._new_pool` (a ``concurrent.futures``-style executor whose workers run
+:func:`~phasetrace.executors._worker.init_worker`) and :meth:`PooledExecutor._stop_pool`.
+Everything this module knows about the workers comes from its own records and public
+APIs: the workers append their pids to a registry file, write progress records, and are
+found among :func:`multiprocessing.active_children` (their ``exitcode``, ``kill``,
+``join``); a pool is broken when one of its futures says so.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
+import multiprocessing
 import os
-import pickle
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from phasetrace.errors import (
+    ExecutorClosedError,
     ExecutorTimeoutError,
-    SerializationError,
     StrategyError,
-    UnitFailedError,
     WorkerCrashedError,
 )
-from phasetrace.executors import _worker
-from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem
+from phasetrace.executors import _wire, _worker
+from phasetrace.executors.base import Executor, WorkItem
 
 logger = logging.getLogger("phasetrace.executors")
 
@@ -113,11 +117,17 @@ def plan_chunks(
 
 
 _PROGRESS_PREFIX = "phasetrace-progress-"
+_REGISTRY_PREFIX = "phasetrace-workers-"
 _stale_checked = False
 
 
-def _remove_stale_progress_files(directory: str) -> None:
-    """Remove progress files left by parents that died without cleaning up (SIGKILL).
+def _records_dir() -> str:
+    """``/dev/shm`` where there is one (a RAM file system: no disk writes), else tmp."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def _remove_stale_record_files(directory: str) -> None:
+    """Remove record files left by parents that died without cleaning up (SIGKILL).
 
     File names carry the creating process's pid; files of live processes are kept. Runs
     once per process.
@@ -127,11 +137,14 @@ def _remove_stale_progress_files(directory: str) -> None:
         return
     _stale_checked = True
     try:
-        names = [n for n in os.listdir(directory) if n.startswith(_PROGRESS_PREFIX)]
+        names = [
+            n for n in os.listdir(directory) if n.startswith((_PROGRESS_PREFIX, _REGISTRY_PREFIX))
+        ]
     except OSError:
         return
     for name in names:
-        pid_text = name[len(_PROGRESS_PREFIX) :].partition("-")[0]
+        prefix = _PROGRESS_PREFIX if name.startswith(_PROGRESS_PREFIX) else _REGISTRY_PREFIX
+        pid_text = name[len(prefix) :].partition("-")[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid():
             continue
         try:
@@ -143,30 +156,36 @@ def _remove_stale_progress_files(directory: str) -> None:
             pass  # alive but not ours to signal (EPERM): keep its file
 
 
-class _ProgressFile:
-    """A small file of fixed-size records, one slot per chunk, written by workers.
+class _RecordFile:
+    """A small file the workers write and the parent reads: progress records (one slot
+    per chunk, fixed-size records) or the pool's registry of worker pids (one line each).
 
-    Kept in ``/dev/shm`` where there is one (a RAM file system: no disk writes), named
-    after the parent's pid; removed on ``close()``, or, when the parent was killed, by
-    the next phasetrace process that creates one. Slots are
-    numbered on from call to call while chunks of an earlier call may still be running,
-    so a straggler never overwrites the record of a newer chunk.
+    Named after the parent's pid; removed on ``close()``, or, when the parent was killed,
+    by the next phasetrace process that creates one. Progress slots are numbered on from
+    call to call while chunks of an earlier call may still be running, so a straggler never
+    overwrites the record of a newer chunk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.path: str | None = None
         self._fd: int | None = None
         self._next_slot = 0
 
-    def start_call(self, n_slots: int, stragglers: bool) -> int:
-        """Reserve ``n_slots`` slots for a call and return the first."""
+    def path_now(self) -> str:
+        """The file's path, creating the file on first use."""
         if self._fd is None:
-            tmpdir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-            _remove_stale_progress_files(tmpdir)
+            directory = _records_dir()
+            _remove_stale_record_files(directory)
             self._fd, self.path = tempfile.mkstemp(
-                prefix=f"{_PROGRESS_PREFIX}{os.getpid()}-", dir=tmpdir
+                prefix=f"{self.prefix}{os.getpid()}-", dir=directory
             )
-        if not stragglers:
+        return self.path
+
+    def start_call(self, n_slots: int, keep: bool) -> int:
+        """Reserve ``n_slots`` progress slots for a call and return the first."""
+        self.path_now()
+        if not keep:
             os.ftruncate(self._fd, 0)  # zeroes every slot
             self._next_slot = 0
         first = self._next_slot
@@ -179,6 +198,13 @@ class _ProgressFile:
         size = _worker.PROGRESS_RECORD.size
         data = os.pread(self._fd, size, slot * size)
         return _worker.PROGRESS_RECORD.unpack(data) if len(data) == size else None
+
+    def pids(self) -> set[int]:
+        """The worker pids a registry file lists."""
+        if self._fd is None:
+            return set()
+        data = os.pread(self._fd, 1 << 16, 0)
+        return {int(x) for x in data.split() if x.isdigit()}
 
     def close(self) -> None:
         if self._fd is not None:
@@ -227,7 +253,8 @@ class PooledExecutor(Executor):
 
     in_process = False
     reuses_pool = True
-    #: Signal the pool sends to surviving workers once one has died.
+    #: Signal the pool sends to surviving workers once one has died (for telling the
+    #: crashed worker from the ones the pool ended).
     _pool_kill_signal: int = signal.SIGKILL
 
     def __init__(
@@ -239,70 +266,150 @@ class PooledExecutor(Executor):
         chunks_per_worker: int = CHUNKS_PER_WORKER,
     ):
         super().__init__(n_workers)
-        if not idle_timeout > 0:
-            raise StrategyError(f"idle_timeout must be > 0 seconds, got {idle_timeout!r}")
-        if not min_chunk_seconds >= 0:
-            raise StrategyError(f"min_chunk_seconds must be >= 0, got {min_chunk_seconds!r}")
-        if isinstance(chunks_per_worker, bool) or not (
-            isinstance(chunks_per_worker, int) and chunks_per_worker >= 1
-        ):
-            raise StrategyError(f"chunks_per_worker must be an int >= 1, got {chunks_per_worker!r}")
+        check_pool_options(idle_timeout, min_chunk_seconds, chunks_per_worker)
         self.idle_timeout = float(idle_timeout)
         self.min_chunk_seconds = float(min_chunk_seconds)
         self.chunks_per_worker = chunks_per_worker
         self.generation = 0
         self.last_rebuild_reason: str | None = None
-        self._pending_reason: str | None = None  # why the current pool must not be reused
-        self._lock = threading.RLock()  # one map call at a time per executor
-        self._progress = _ProgressFile()
+        self._pool: Any = None
+        self._broken: str | None = None  # why the current pool must not be reused
+        self._next_reason: str | None = None  # why there is no pool (when not first use)
+        self._lock = threading.RLock()  # one call at a time per executor
+        self._progress = _RecordFile(_PROGRESS_PREFIX)
+        self._registry = _RecordFile(_REGISTRY_PREFIX)
+        self._seen: dict[int, Any] = {}  # pid -> multiprocessing.Process of children seen
         self._outstanding: list[Future] = []  # futures of earlier calls, maybe still running
         self._call_id = 0
 
     # -- hooks for subclasses -----------------------------------------------------------
+    def _new_pool(self, initargs: tuple) -> Any:
+        """A new pool whose workers run ``_worker.init_worker(*initargs)``."""
+        raise NotImplementedError
 
+    def _stop_pool(self, pool: Any, kill: bool, wait: bool) -> None:
+        """Shut ``pool`` down; with ``kill``, end its workers now, running units and all."""
+        raise NotImplementedError
+
+    # -- the pool -------------------------------------------------------------------------
     def _ensure_pool(self) -> Any:
-        """Return a healthy pool, (re)building it when needed (bump ``generation``)."""
-        raise NotImplementedError
-
-    def _pool_processes(self, pool: Any) -> dict[int, Any]:
-        """``{pid: multiprocessing.Process}`` of the pool's current workers."""
-        raise NotImplementedError
-
-    def _kill_pool(self, pool: Any, reason: str) -> None:
-        """Terminate the pool's workers now; the next call builds a new pool."""
-        raise NotImplementedError
-
-    def _choose_dumps(self, fn: Callable[[Any], Any]) -> Callable[[Any], bytes]:
-        """The serializer for this call's chunks (plain pickle; loky may pick cloudpickle)."""
-        return _pickle_dumps
-
-    def _note_rebuild(self, reason: str) -> None:
+        """A healthy pool: the current one, or a new one (``generation`` + 1, logged)."""
+        if self._pool is not None and self._broken is None:
+            return self._pool
+        reason = self._broken or self._next_reason or "first use"
+        self._next_reason = None
+        if self._pool is not None:
+            self._stop_pool(self._pool, kill=True, wait=False)
+            self._reap()
+        initargs = (
+            os.getpid(),
+            WATCH_INTERVAL,
+            dict(_worker.THREAD_LIMIT_ENV),
+            self._registry.path_now(),
+        )
+        self._pool = self._new_pool(initargs)
+        self._broken = None
         self.generation += 1
         self.last_rebuild_reason = reason
-        self._pending_reason = None
-        if self.generation == 1:
-            logger.debug("%s: starting a pool of %d workers", self.name, self.n_workers)
-        else:
-            logger.info(
-                "%s: starting a new pool of %d workers (generation %d): %s",
-                self.name,
-                self.n_workers,
-                self.generation,
-                reason,
-            )
+        log = logger.debug if self.generation == 1 else logger.info
+        log(
+            "%s: starting a pool of %d workers (generation %d): %s",
+            self.name,
+            self.n_workers,
+            self.generation,
+            reason,
+        )
+        return self._pool
 
-    # -- map ------------------------------------------------------------------------------
+    def _note_children(self) -> None:
+        """Keep a reference to every child process alive now. A pool starts its workers
+        inside ``submit``, so noting children right after dispatching catches each worker
+        before it can end; the object then keeps its exit code after the pool reaps it."""
+        for p in multiprocessing.active_children():
+            self._seen.setdefault(p.pid, p)
 
-    def map(
+    def _workers(self) -> dict[int, Any]:
+        """This executor's workers seen so far (pid → Process): those in its registry."""
+        self._note_children()
+        ours = self._registry.pids()
+        return {pid: p for pid, p in self._seen.items() if pid in ours}
+
+    def _kill(self, reason: str) -> None:
+        """End the pool's workers now (timeout, Ctrl-C); the next call starts a new pool."""
+        with self._lock:
+            self._kill_locked(reason)
+
+    def _kill_locked(self, reason: str) -> None:
+        pool = self._pool
+        if pool is None or self._broken is not None:
+            return
+        for p in self._workers().values():
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                p.kill()
+        self._stop_pool(pool, kill=True, wait=False)
+        self._broken = reason
+        self._reap()
+        logger.info("%s: ended the pool's workers: %s", self.name, reason)
+
+    def _reap(self, timeout: float = 2.0) -> None:
+        """Join the workers that have ended, so that no zombie outlives a call; forget
+        processes that have ended."""
+        deadline = time.monotonic() + timeout
+        for p in list(self._workers().values()):
+            with contextlib.suppress(Exception):
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._seen = {pid: p for pid, p in self._seen.items() if _exitcode(p) is None}
+
+    # -- submit -----------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        self._check_open()
+        item = WorkItem(0, "submit", args)
+        call = functools.partial(fn, **kwargs) if kwargs else fn
+        blob = self._pack(call, [item], star=True)
+        with self._lock:
+            inner = self._ensure_pool().submit(_worker.run_pickled_chunk, blob, None)
+        outer: Future = Future()
+
+        def done(f: Future) -> None:
+            if f.cancelled():
+                outer.cancel()
+                outer.set_running_or_notify_cancel()
+                return
+            try:
+                ((ok, value),) = _wire.decode_outcomes(f.result(), [item], self._where())
+            except BrokenProcessPool as exc:
+                self._broken = "a worker died while running a submitted call"
+                ok, value = (
+                    False,
+                    WorkerCrashedError(
+                        f"a {self.name!r} worker died while running a submitted call ({exc})"
+                    ),
+                )
+            except BaseException as exc:
+                ok, value = False, exc
+            if outer.set_running_or_notify_cancel():
+                if ok:
+                    outer.set_result(value)
+                else:
+                    outer.set_exception(value)
+
+        inner.add_done_callback(done)
+        return outer
+
+    submit.__doc__ = Executor.submit.__doc__
+
+    # -- map ----------------------------------------------------------------------------------
+    def _start(
         self,
-        fn: Callable[[Any], Any],
-        items: Iterable[WorkItem],
+        fn: Callable[..., Any],
+        items: list[WorkItem],
         *,
-        timeout: float | None = None,
-    ) -> list:
-        items = self._start_map(fn, items, timeout)
+        timeout: float | None,
+        star: bool,
+        chunksize: int | None,
+    ) -> Iterator[Any]:
         if not items:
-            return []
+            return iter(())
         if _worker.IN_WORKER:
             raise StrategyError(
                 f"strategy {self.name!r} does not start a pool inside a worker (nested "
@@ -310,178 +417,148 @@ class PooledExecutor(Executor):
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         self._check_fn(fn)
-        chunks = plan_chunks(
-            [it.cost for it in items],
-            self.n_workers,
-            min_chunk_seconds=self.min_chunk_seconds,
-            chunks_per_worker=self.chunks_per_worker,
-        )
-        dumps = self._choose_dumps(fn)
-        blobs = [self._pack(fn, items[a:b], dumps) for a, b in chunks]
+        if chunksize is not None:
+            chunks = [(a, min(a + chunksize, len(items))) for a in range(0, len(items), chunksize)]
+        else:
+            chunks = plan_chunks(
+                [it.cost for it in items],
+                self.n_workers,
+                min_chunk_seconds=self.min_chunk_seconds,
+                chunks_per_worker=self.chunks_per_worker,
+            )
+        blobs = [self._pack(fn, items[a:b], star) for a, b in chunks]
         with self._lock:
             self._check_open()
-            return self._run(blobs, chunks, items, deadline, timeout)
+            call = self._dispatch(blobs)
+        return self._collect(call, chunks, items, deadline, timeout)
 
-    map.__doc__ = Executor.map.__doc__
-
-    def _check_fn(self, fn: Callable[[Any], Any]) -> None:
-        if self.needs_picklable_fn and getattr(fn, "__module__", None) == "__main__":
-            raise SerializationError(
-                f"fn {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which "
-                f"{self.name!r} workers do not import (phasetrace keeps workers from "
-                "re-running the main script, which could import JAX in every worker); move "
-                "it into an importable module, or use strategy 'loky', which sends such "
-                "functions by value",
-                what="fn",
-            )
-
-    def _pack(
-        self, fn: Callable[[Any], Any], chunk: Sequence[WorkItem], dumps: Callable[[Any], bytes]
-    ) -> bytes:
-        try:
-            return dumps((fn, [(it.key, it.payload) for it in chunk]))
-        except Exception as exc:
-            raise self._diagnose_pickling(fn, chunk, exc, dumps) from exc
-
-    def _diagnose_pickling(
-        self,
-        fn: Callable[[Any], Any],
-        chunk: Sequence[WorkItem],
-        exc: Exception,
-        dumps: Callable[[Any], bytes],
-    ) -> SerializationError:
-        try:
-            dumps(fn)
-        except Exception as fn_exc:
-            where = "an importable module" if self.needs_picklable_fn else "a module"
-            extra = (
-                "; or use strategy 'loky', which also ships lambdas and closures"
-                if self.needs_picklable_fn
-                else ""
-            )
-            return SerializationError(
-                f"fn {getattr(fn, '__qualname__', fn)!r} cannot be pickled for "
-                f"{self.name!r} workers ({type(fn_exc).__name__}: {fn_exc}); define it "
-                f"with def at the top level of {where} and pass it by name{extra}",
-                what="fn",
-            )
-        for it in chunk:
-            try:
-                dumps(it.payload)
-            except Exception as item_exc:
-                return SerializationError(
-                    f"the payload of item {it.index} (key {it.key}) cannot be pickled "
-                    f"({type(item_exc).__name__}: {item_exc}); payloads must be plain data "
-                    "such as bytes, numbers, strings, tuples or numpy arrays",
-                    what="item",
-                    key=it.key,
-                )
-        return SerializationError(
-            f"a chunk of work cannot be pickled ({type(exc).__name__}: {exc})", what="chunk"
+    def _pack(self, fn: Callable[..., Any], chunk: Sequence[WorkItem], star: bool) -> bytes:
+        by_value = not self.needs_picklable_fn
+        dumps = _wire.choose_dumps(fn, by_value)
+        return _wire.pack_chunk(
+            fn, chunk, star=star, dumps=dumps, strategy=self.name, by_value=by_value
         )
 
-    def _run(
-        self,
-        blobs: list[bytes],
-        chunks: list[tuple[int, int]],
-        items: list[WorkItem],
-        deadline: float | None,
-        timeout: float | None,
-    ) -> list:
-        from phasetrace.executors._worker import run_pickled_chunk
+    def _check_fn(self, fn: Callable[..., Any]) -> None:
+        if self.needs_picklable_fn and getattr(fn, "__module__", None) == "__main__":
+            from phasetrace.errors import SerializationError
 
+            raise SerializationError(
+                f"fn {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which "
+                f"{self.name!r} pickles by reference; move it into an importable module, or "
+                "use strategy 'loky', which sends such functions by value",
+                what="fn",
+            )
+
+    def _dispatch(self, blobs: list[bytes]) -> _Call:
+        """Send the chunks (under the executor's lock: one dispatch at a time)."""
         pool = self._ensure_pool()
         self._outstanding = [f for f in self._outstanding if not f.done()]
-        first_slot = self._progress.start_call(len(blobs), stragglers=bool(self._outstanding))
+        first_slot = self._progress.start_call(len(blobs), keep=bool(self._outstanding))
         self._call_id += 1
-        call_id = self._call_id
-        futures: list[Future] = []
-        processes: dict[int, Any] = {}
-        results: list[Any] = [None] * len(items)
+        call = _Call(self._call_id, first_slot, pool)
+        try:
+            for i, blob in enumerate(blobs):
+                progress = (self._progress.path, call.id, first_slot + i)
+                call.futures.append(pool.submit(_worker.run_pickled_chunk, blob, progress))
+        except (BrokenProcessPool, RuntimeError) as exc:
+            self._note_children()
+            self._broken = f"the pool refused work ({type(exc).__name__}: {exc})"
+            for f in call.futures:
+                f.cancel()
+            raise WorkerCrashedError(
+                f"the {self.name!r} pool broke before this call's work was sent ({exc}); "
+                "the next call starts a fresh pool"
+            ) from exc
+        self._outstanding += call.futures
+        self._note_children()
+        return call
+
+    def _collect(self, call: _Call, chunks, items, deadline, timeout) -> Iterator[Any]:
+        where = self._where()
         try:
             try:
-                for i, blob in enumerate(blobs):
-                    progress = (self._progress.path, call_id, first_slot + i)
-                    futures.append(pool.submit(run_pickled_chunk, blob, progress))
-                processes = dict(self._pool_processes(pool))
-                for (a, b), fut in zip(chunks, futures, strict=False):
-                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    data = fut.result(timeout=remaining)
-                    self._unpack(data, items, a, b, results)
-            except FutureTimeoutError:
-                raise self._timed_out(pool, chunks, items, call_id, first_slot, timeout) from None
-            except (BrokenProcessPool, CancelledError, RuntimeError) as exc:
-                if not isinstance(exc, BrokenProcessPool | CancelledError) and not (
-                    _is_shutdown_error(exc)
+                for (a, b), fut in zip(chunks, call.futures, strict=True):
+                    data = self._wait(fut, deadline)
+                    for ok, value in _wire.decode_outcomes(data, items[a:b], where):
+                        if not ok:
+                            raise value
+                        yield value
+            except concurrent.futures.TimeoutError:
+                raise self._timed_out(call, chunks, items, timeout) from None
+            except (concurrent.futures.BrokenExecutor, CancelledError, RuntimeError) as exc:
+                if self._closed:  # shut down from another thread while this call ran
+                    raise ExecutorClosedError(
+                        f"the {self.name!r} executor was shut down while this call was running"
+                    ) from exc
+                if isinstance(exc, RuntimeError) and not isinstance(
+                    exc, concurrent.futures.BrokenExecutor
                 ):
                     raise
-                processes.update(self._pool_processes(pool))
-                raise self._crashed(pool, chunks, items, call_id, first_slot, processes) from exc
+                raise self._crashed(call, chunks, items) from exc
         except BaseException as exc:
-            for fut in futures:
+            for fut in call.futures:
                 fut.cancel()  # queued chunks never start; running ones finish or are killed
-            self._outstanding = [f for f in futures if not f.done()]
             if isinstance(exc, KeyboardInterrupt):
-                self._kill_pool(pool, "the previous call was interrupted (KeyboardInterrupt)")
+                self._kill("the previous call was interrupted (KeyboardInterrupt)")
             raise
-        return results
+        finally:
+            with self._lock:
+                self._after_call()
 
-    def _unpack(self, data: bytes, items: list[WorkItem], a: int, b: int, out: list) -> None:
-        for offset, (ok, value) in enumerate(decode_outcomes(data, items[a:b])):
-            if not ok:
-                raise value  # its __cause__ is the worker traceback
-            out[a + offset] = value
+    def _after_call(self) -> None:
+        """Called at the end of every call (also an abandoned ``map``), under the lock."""
 
-    def _in_flight(
-        self, chunks: list[tuple[int, int]], items: list[WorkItem], call_id: int, first_slot: int
-    ) -> list[tuple[WorkItem, int]]:
+    def _wait(self, fut: Future, deadline: float | None) -> bytes:
+        """The chunk's result; meanwhile the workers' process objects are noted, so their
+        exit codes can be read if one dies."""
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise concurrent.futures.TimeoutError
+            step = _NOTE_WORKERS_EVERY if left is None else min(left, _NOTE_WORKERS_EVERY)
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                return fut.result(timeout=step)
+            self._note_children()  # workers the pool (re)started meanwhile
+
+    def _where(self) -> str:
+        return f"strategy {self.name!r}, in a worker process"
+
+    # -- diagnosis --------------------------------------------------------------------------------
+    def _in_flight(self, call: _Call, chunks, items) -> list[tuple[WorkItem, int]]:
         """(item, pid) of each unit that a worker had started and not finished."""
         running = []
         for i, (a, b) in enumerate(chunks):
-            record = self._progress.read(first_slot + i)
+            record = self._progress.read(call.first_slot + i)
             if record is None:
                 continue
             rec_call, pid, position = record
-            if rec_call == call_id and 1 <= position <= b - a:
+            if rec_call == call.id and 1 <= position <= b - a:
                 running.append((items[a + position - 1], pid))
         return running
 
-    def _crashed(
-        self,
-        pool: Any,
-        chunks: list[tuple[int, int]],
-        items: list[WorkItem],
-        call_id: int,
-        first_slot: int,
-        processes: dict[int, Any],
-    ) -> WorkerCrashedError:
+    def _crashed(self, call: _Call, chunks, items) -> WorkerCrashedError:
         # Evidence on which worker crashed, strongest first: its exit status is not the
-        # signal the pool itself uses on survivors (SIGTERM for the standard library's
-        # pool, SIGKILL for loky's), and it was already dead at our first look (the pool
-        # kills the survivors only after failing the futures that woke us).
-        in_flight = self._in_flight(chunks, items, call_id, first_slot)
-        dead_at_once = _dead_now(processes)
-        codes = _wait_exitcodes(processes, timeout=2.0)
+        # signal the pool itself uses on survivors, and it was already dead at our first look.
+        self._broken = "a worker died in the previous call"
+        procs = dict(self._workers())
+        dead_at_once = {pid for pid, p in procs.items() if _exitcode(p) is not None}
+        in_flight = self._in_flight(call, chunks, items)
+        codes = _wait_exitcodes({pid: procs[pid] for _, pid in in_flight if pid in procs}, 2.0)
+        codes.update({pid: _exitcode(p) for pid, p in procs.items() if pid not in codes})
         running = [(item, pid, codes.get(pid)) for item, pid in in_flight]
-        self._pending_reason = "a worker died in the previous call"
 
         def rank(pid: int, code: int | None) -> int:
             own_kill = code is None or code == -self._pool_kill_signal
             return (2 if own_kill else 0) + (0 if pid in dead_at_once else 1)
 
-        hint = (
-            "Likely causes: a segmentation fault in compiled code, the out-of-memory "
-            "killer (SIGKILL), or os._exit() in the unit. The pool was discarded; the next "
-            "call starts a fresh one. Workers print a faulthandler traceback on stderr "
-            "for a segfault; a unit that needs more memory may run with fewer workers."
-        )
         if not running:
-            seen = sorted({c for c in codes.values() if c is not None})
+            seen = sorted({c for c in codes.values() if c not in (None, 0)})
             desc = ", ".join(exit_description(c) for c in seen) or "exit status unknown"
-            pending = [items[a].key for a, _ in chunks]
+            first = items[chunks[0][0]].key
             return WorkerCrashedError(
                 f"a {self.name!r} worker died ({desc}) before starting any unit of this call "
-                f"({len(pending)} chunk(s) pending, first unit {pending[0]}). {hint}",
+                f"({len(chunks)} chunk(s) pending, first unit {first}). {_CRASH_HINT}",
                 key=None,
                 exitcode=seen[0] if seen else None,
             )
@@ -497,7 +574,7 @@ class PooledExecutor(Executor):
             )
             return WorkerCrashedError(
                 f"worker process {pid} died ({exit_description(code)}) while running unit "
-                f"{item.key}.{also} {hint}",
+                f"{item.key}.{also} {_CRASH_HINT}",
                 key=item.key,
                 exitcode=code,
             )
@@ -505,178 +582,91 @@ class PooledExecutor(Executor):
             f"{item.key} (pid {pid}, {exit_description(code)})" for item, pid, code in running
         )
         return WorkerCrashedError(
-            f"a worker process died while running one of these units: {listing}. "
-            f"The pool ended all of them, so which one crashed cannot be told apart. {hint}",
+            f"a worker process died while running one of these units: {listing}. The pool "
+            f"ended all of them, so which one crashed cannot be told apart. {_CRASH_HINT}",
             key=None,
             exitcode=top[0][2],
         )
 
-    def _timed_out(
-        self,
-        pool: Any,
-        chunks: list[tuple[int, int]],
-        items: list[WorkItem],
-        call_id: int,
-        first_slot: int,
-        timeout: float | None,
-    ) -> ExecutorTimeoutError:
-        running = self._in_flight(chunks, items, call_id, first_slot)
+    def _timed_out(self, call: _Call, chunks, items, timeout) -> ExecutorTimeoutError:
+        running = self._in_flight(call, chunks, items)
         unfinished = 0
         for i, (a, b) in enumerate(chunks):
-            record = self._progress.read(first_slot + i)
-            if record is None or record[0] != call_id:
+            record = self._progress.read(call.first_slot + i)
+            if record is None or record[0] != call.id:
                 unfinished += b - a
             elif record[2] != _worker.DONE:
                 unfinished += b - a - max(0, record[2] - 1)
-        self._kill_pool(pool, f"the previous call ran past its timeout of {timeout} s")
+        self._kill(f"the previous call ran past its timeout of {timeout} s")
         keys = ", ".join(item.key for item, _ in running) or "none started"
         return ExecutorTimeoutError(
-            f"{self.name!r} map did not finish within {timeout} s: {unfinished} of "
+            f"{self.name!r} run did not finish within {timeout} s: {unfinished} of "
             f"{len(items)} units unfinished; running when stopped: {keys}. Its workers were "
-            "terminated; the next call starts a fresh pool."
+            "ended; the next call starts a fresh pool."
         )
 
-    # -- closing ---------------------------------------------------------------------------
-
-    def close(self) -> None:
+    # -- shutdown ---------------------------------------------------------------------------------
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            pool, self._pool = self._pool, None
             try:
-                self._close_pool()
+                if pool is not None:
+                    if cancel_futures:
+                        for f in self._outstanding:
+                            f.cancel()
+                    self._stop_pool(pool, kill=False, wait=wait)
+                    if wait:
+                        self._reap()
             finally:
                 self._progress.close()
-
-    close.__doc__ = Executor.close.__doc__
-
-    def _close_pool(self) -> None:
-        raise NotImplementedError
+                self._registry.close()
 
 
-def kill_processes(processes: Iterable[Any]) -> None:
-    """SIGKILL each worker process that is still running (no cleanup, no waiting)."""
-    for p in processes:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # already gone
-            p.kill()
+class _Call:
+    """The futures of one call and where its progress records are."""
+
+    def __init__(self, call_id: int, first_slot: int, pool: Any):
+        self.id = call_id
+        self.first_slot = first_slot
+        self.pool = pool
+        self.futures: list[Future] = []
 
 
-# --------------------------------------------------------------------------------------
-# Shipping chunks: serializer choice and outcome decoding (every process strategy)
-# --------------------------------------------------------------------------------------
+def check_pool_options(idle_timeout: Any, min_chunk_seconds: Any, chunks_per_worker: Any) -> None:
+    """The one validator of the pooled strategies' options (also used by ``configure``)."""
+    if (
+        isinstance(idle_timeout, bool)
+        or not isinstance(idle_timeout, int | float)
+        or not idle_timeout > 0
+    ):
+        raise StrategyError(f"idle_timeout must be a number of seconds > 0, got {idle_timeout!r}")
+    if (
+        isinstance(min_chunk_seconds, bool)
+        or not isinstance(min_chunk_seconds, int | float)
+        or not min_chunk_seconds >= 0
+    ):
+        raise StrategyError(f"min_chunk_seconds must be a number >= 0, got {min_chunk_seconds!r}")
+    if isinstance(chunks_per_worker, bool) or not (
+        isinstance(chunks_per_worker, int) and chunks_per_worker >= 1
+    ):
+        raise StrategyError(f"chunks_per_worker must be an int >= 1, got {chunks_per_worker!r}")
 
 
-def decode_outcomes(data: bytes, items: Sequence[WorkItem]) -> list[tuple[bool, Any]]:
-    """Decode the bytes :func:`~phasetrace.executors._worker.run_pickled_chunk` returned.
-
-    Parameters
-    ----------
-    data : bytes
-        The pickled chunk outcome.
-    items : sequence of WorkItem
-        The chunk's items, in the order they were packed.
-
-    Returns
-    -------
-    list of (bool, object)
-        Per item ``(True, result)`` or ``(False, error)``, where ``error`` is the
-        :class:`~phasetrace.errors.UnitFailedError` or
-        :class:`~phasetrace.errors.SerializationError` to raise for it (its
-        ``__cause__`` is the worker traceback).
-
-    Examples
-    --------
-    >>> from phasetrace.executors import work_items
-    >>> from phasetrace.executors._worker import run_pickled_chunk
-    >>> blob = pickle.dumps((abs, [("a", -1), ("b", "x")]))
-    >>> [ok for ok, _ in decode_outcomes(run_pickled_chunk(blob), work_items([-1, "x"]))]
-    [True, False]
-    """
-    status, *rest = pickle.loads(data)
-    if status == _worker.CHUNK_LOAD_FAILED:
-        exc_type, message, tb = rest
-        keys = ", ".join(it.key for it in items[:3]) + (", …" if len(items) > 3 else "")
-        err = SerializationError(
-            f"a worker could not unpickle the work of units {keys} ({exc_type}: {message}); "
-            "the function and any classes in payloads must be importable on the workers "
-            "(installed there, defined in a module rather than in __main__ or a notebook)",
-            what="chunk",
-            key=items[0].key,
-        )
-        err.__cause__ = RemoteTraceback(tb)
-        return [(False, err)] * len(items)
-    (outcomes,) = rest
-    out: list[tuple[bool, Any]] = []
-    for item, outcome in zip(items, outcomes, strict=True):
-        if outcome[0] == _worker.OK:
-            out.append((True, outcome[1]))
-            continue
-        code, exc_type, message, tb = outcome
-        if code == _worker.UNPICKLABLE_RESULT:
-            err = SerializationError(
-                f"the result of unit {item.key} cannot be pickled to send it back "
-                f"({exc_type}: {message}); work functions must return plain data",
-                what="result",
-                key=item.key,
-            )
-        else:
-            err = UnitFailedError(item.key, exc_type, message, tb)
-        err.__cause__ = RemoteTraceback(tb)
-        out.append((False, err))
-    return out
-
-
-def choose_dumps(fn: Callable[[Any], Any]) -> Callable[[Any], bytes]:
-    """Plain pickle when ``fn`` pickles by reference; cloudpickle for ``__main__``, lambdas.
-
-    Examples
-    --------
-    >>> choose_dumps(abs) is _pickle_dumps
-    True
-    """
-    if getattr(fn, "__module__", None) != "__main__":
-        try:
-            pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
-        else:
-            return _pickle_dumps
-    import cloudpickle
-
-    return cloudpickle.dumps
-
-
-def _pickle_dumps(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _is_shutdown_error(exc: BaseException) -> bool:
-    # loky's ShutdownExecutorError (a RuntimeError) fails futures of a killed pool;
-    # checked by name so that importing this module does not import loky.
-    return type(exc).__name__ == "ShutdownExecutorError"
-
-
-def _dead_now(processes: dict[int, Any]) -> set[int]:
-    """Pids whose process has ended, judged from sentinels (nothing is reaped)."""
-    from multiprocessing.connection import wait
-
-    by_sentinel = {}
-    for pid, p in processes.items():
-        with contextlib.suppress(ValueError, AttributeError, OSError):  # closed: treat as alive
-            by_sentinel[p.sentinel] = pid
-    try:
-        ready = wait(list(by_sentinel), timeout=0)
-    except (OSError, ValueError):
-        return set()
-    return {by_sentinel[s] for s in ready}
+_CRASH_HINT = (
+    "Likely causes: a segmentation fault in compiled code, the out-of-memory killer "
+    "(SIGKILL), or os._exit() in the unit. The pool was discarded; the next call starts a "
+    "fresh one. Workers print a faulthandler traceback on stderr for a segfault; a unit "
+    "that needs more memory may run with fewer workers."
+)
+#: While waiting for a chunk, note the workers' process objects this often (seconds).
+_NOTE_WORKERS_EVERY = 0.25
 
 
 def _wait_exitcodes(processes: dict[int, Any], timeout: float) -> dict[int, int | None]:
     """Exit codes of the processes, waiting up to ``timeout`` s for them to be known.
 
-    After a crash the pool ends the other workers, and its manager thread may be reaping
-    a process at the same moment we poll it (then our poll sees nothing), so poll again
-    until every code is known or the time is up.
+    After a crash the pool reaps its workers; when its thread and ours poll a process at
+    the same moment, ours may see nothing yet, so poll again until every code is known.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -687,8 +677,6 @@ def _wait_exitcodes(processes: dict[int, Any], timeout: float) -> dict[int, int 
 
 
 def _exitcode(process: Any) -> int | None:
-    if process is None:
-        return None
     try:
         return process.exitcode
     except Exception:  # a process object of a torn-down pool may refuse to poll

@@ -3,12 +3,12 @@
 This module imports the standard library only (no JAX, no numpy): unpickling a task in a
 worker imports it, and workers must stay light and JAX-free.
 
-Data flow: the parent pickles ``(fn, [(key, payload), ...])`` itself into one ``bytes``
-blob per chunk and submits ``run_pickled_chunk(blob, progress)``. The worker unpickles
-the blob, runs :func:`run_chunk`, and pickles the per-item outcomes back into bytes.
-Doing both pickling steps here, not in the pool's transport, means that a payload or
-result that cannot be (un)pickled fails only its own unit, with a message naming it,
-instead of breaking the pool.
+Data flow (the wire format is :mod:`phasetrace.executors._wire`): the parent pickles a
+chunk itself into one ``bytes`` blob and submits ``run_pickled_chunk(blob, progress)``.
+The worker unpickles the blob, runs every item, and returns each outcome as bytes of its
+own: a result that cannot be pickled here, or unpickled in the parent, fails only its own
+unit, and a payload that cannot be unpickled here fails only its chunk, instead of
+breaking the pool.
 
 Before starting each item the worker writes ``(call id, pid, position + 1)`` into its
 chunk's slot of a small *progress file* (one ``os.pwrite`` of 24 bytes, about a
@@ -52,6 +52,7 @@ THREAD_LIMIT_ENV = {
     "BLIS_NUM_THREADS": "1",
     "VECLIB_MAXIMUM_THREADS": "1",
     "NUMEXPR_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
 }
 
 #: True in a process started as a phasetrace worker; pooled strategies refuse to nest.
@@ -61,6 +62,8 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _progress_fds: dict[str, int] = {}
 _MAX_PROGRESS_FDS = 8  # a worker may serve several executors in turn; keep few files open
 _thread_limits: Any = None  # keeps threadpoolctl's limiter alive for the worker's lifetime
+_watched_parent: int | None = None
+_watch_lock = threading.Lock()
 
 
 def exc_type_name(exc: BaseException) -> str:
@@ -69,22 +72,32 @@ def exc_type_name(exc: BaseException) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
-def _safe_str(exc: BaseException) -> str:
+def safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
     except Exception:  # a broken __str__ must not lose the failure itself
         return f"<{exc_type_name(exc)}: str() failed>"
 
 
-def _format_tb(exc: BaseException, skip_own_frame: bool = True) -> str:
+def format_tb(exc: BaseException, skip_own_frame: bool = True) -> str:
     tb = exc.__traceback__
     if skip_own_frame and tb is not None and tb.tb_next is not None:
         tb = tb.tb_next  # the first frame is run_chunk itself, noise to the reader
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+def _exception_bytes(exc: BaseException) -> bytes | None:
+    """The exception itself, pickled without its traceback (frames never travel)."""
+    if not isinstance(exc, Exception):
+        return None  # SystemExit and friends must not end the parent: they travel as text
+    try:
+        return pickle.dumps(exc.with_traceback(None), protocol=_PROTOCOL)
+    except Exception:
+        return None
+
+
 def _failure(exc: BaseException, code: int = RAISED) -> tuple:
-    return (code, exc_type_name(exc), _safe_str(exc), _format_tb(exc))
+    return (code, exc_type_name(exc), safe_str(exc), format_tb(exc), _exception_bytes(exc))
 
 
 def _progress_marker(progress: tuple[str, int, int] | None) -> Callable[[int], None] | None:
@@ -116,26 +129,15 @@ def _progress_marker(progress: tuple[str, int, int] | None) -> Callable[[int], N
 
 
 def run_chunk(
-    fn: Callable[[Any], Any],
+    fn: Callable[..., Any],
     keyed_payloads: Sequence[tuple[str, Any]],
     progress: tuple[str, int, int] | None = None,
+    star: bool = False,
 ) -> list[tuple]:
-    """Run ``fn`` on each payload; one outcome per item, failures included.
+    """Run ``fn`` on each payload (``fn(*payload)`` with ``star``); one outcome per item.
 
-    Parameters
-    ----------
-    fn : callable
-        The work function.
-    keyed_payloads : sequence of (key, payload)
-        The chunk, in input order.
-    progress : (path, call id, slot), optional
-        Where to record which item is running (see the module docstring).
-
-    Returns
-    -------
-    list of tuple
-        ``(OK, result)`` or ``(RAISED, type name, message, formatted traceback)`` per
-        item. One failing item does not stop the others.
+    Returns ``(OK, result)`` or ``(RAISED, type name, message, formatted traceback,
+    pickled exception or None)`` per item. One failing item does not stop the others.
 
     Examples
     --------
@@ -143,6 +145,8 @@ def run_chunk(
     (0, 1)
     >>> run_chunk(abs, [("b", "x")])[0][1]
     'TypeError'
+    >>> run_chunk(pow, [("c", (2, 3))], star=True)[0]
+    (0, 8)
     """
     mark = _progress_marker(progress)
     out: list[tuple] = []
@@ -150,7 +154,7 @@ def run_chunk(
         if mark is not None:
             mark(position + 1)
         try:
-            out.append((OK, fn(payload)))
+            out.append((OK, fn(*payload) if star else fn(payload)))
         except (Exception, SystemExit) as exc:  # sys.exit() in a unit is its failure too
             out.append(_failure(exc))
     if mark is not None:
@@ -158,37 +162,36 @@ def run_chunk(
     return out
 
 
-def _picklable_or_failure(outcome: tuple) -> tuple:
+def _pickled_outcome(outcome: tuple) -> tuple:
+    """``(OK, result)`` → ``(OK, result bytes)``: each result travels on its own."""
     if outcome[0] != OK:
         return outcome
     try:
-        pickle.dumps(outcome[1], protocol=_PROTOCOL)
+        return (OK, pickle.dumps(outcome[1], protocol=_PROTOCOL))
     except Exception as exc:
         return _failure(exc, UNPICKLABLE_RESULT)
-    return outcome
 
 
 def run_pickled_chunk(blob: bytes, progress: tuple[str, int, int] | None = None) -> bytes:
     """Worker entry point: unpickle a chunk, run it, return the pickled outcomes.
 
-    Returns the pickle of ``(CHUNK_OK, outcomes)`` or, when the blob cannot be
-    unpickled here (a class or function the worker cannot import),
-    ``(CHUNK_LOAD_FAILED, type name, message, traceback)``.
+    The blob is ``(fn, star, [(key, payload), ...], parent pid or None)``; a worker that
+    has no watchdog yet (joblib's or an adopted executor's) starts one for that parent.
+    Returns the pickle of ``(CHUNK_OK, outcomes)``, each result pickled on its own, or,
+    when the blob cannot be unpickled here (a class or function the worker cannot
+    import), ``(CHUNK_LOAD_FAILED, type name, message, traceback)``.
     """
     try:
-        fn, keyed_payloads = pickle.loads(blob)
+        fn, star, keyed_payloads, parent_pid = pickle.loads(blob)
     except Exception as exc:
-        return pickle.dumps((CHUNK_LOAD_FAILED, *_failure(exc)[1:]), protocol=_PROTOCOL)
-    outcomes = run_chunk(fn, keyed_payloads, progress)
-    try:
-        return pickle.dumps((CHUNK_OK, outcomes), protocol=_PROTOCOL)
-    except Exception:
-        # find the results that cannot travel; the others still come back
-        outcomes = [_picklable_or_failure(o) for o in outcomes]
-        return pickle.dumps((CHUNK_OK, outcomes), protocol=_PROTOCOL)
+        return pickle.dumps((CHUNK_LOAD_FAILED, *_failure(exc)[1:4]), protocol=_PROTOCOL)
+    if parent_pid is not None:
+        watch_parent(parent_pid)
+    outcomes = [_pickled_outcome(o) for o in run_chunk(fn, keyed_payloads, progress, star)]
+    return pickle.dumps((CHUNK_OK, outcomes), protocol=_PROTOCOL)
 
 
-def _watch_parent(parent_pid: int, interval: float) -> None:
+def _watch(parent_pid: int, interval: float) -> None:
     while True:
         time.sleep(interval)
         if os.getppid() != parent_pid:
@@ -196,7 +199,33 @@ def _watch_parent(parent_pid: int, interval: float) -> None:
             os._exit(3)
 
 
-def init_worker(parent_pid: int | None, watch_interval: float, env: dict[str, str]) -> None:
+def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """End this process within ``interval`` seconds of its parent's death (once per process).
+
+    Does nothing in the parent itself (a thread backend runs chunks there) or when the
+    process is not a child of ``parent_pid`` (a remote worker).
+    """
+    global _watched_parent
+    if _watched_parent is not None or os.getpid() == parent_pid or os.getppid() != parent_pid:
+        return
+    with _watch_lock:
+        if _watched_parent is not None:
+            return
+        _watched_parent = parent_pid
+        threading.Thread(
+            target=_watch,
+            args=(parent_pid, interval),
+            name="phasetrace-parent-watchdog",
+            daemon=True,
+        ).start()
+
+
+def init_worker(
+    parent_pid: int | None,
+    watch_interval: float,
+    env: dict[str, str],
+    registry: str | None = None,
+) -> None:
     """Initializer of every pooled worker.
 
     - caps BLAS/OpenMP threads at one (environment for libraries loaded later,
@@ -205,7 +234,9 @@ def init_worker(parent_pid: int | None, watch_interval: float, env: dict[str, st
       terminates the workers itself;
     - turns on faulthandler, so a segfault leaves a Python traceback on stderr;
     - starts a daemon thread that ends the worker when its parent has died (checked
-      every ``watch_interval`` seconds via ``os.getppid()``).
+      every ``watch_interval`` seconds via ``os.getppid()``);
+    - appends its pid to the pool's ``registry`` file, so the parent knows its workers
+      without reading the pool's internals.
     """
     global IN_WORKER, _thread_limits
     IN_WORKER = True
@@ -221,9 +252,13 @@ def init_worker(parent_pid: int | None, watch_interval: float, env: dict[str, st
     if not faulthandler.is_enabled():
         faulthandler.enable()
     if parent_pid is not None:
-        threading.Thread(
-            target=_watch_parent,
-            args=(parent_pid, watch_interval),
-            name="phasetrace-parent-watchdog",
-            daemon=True,
-        ).start()
+        watch_parent(parent_pid, watch_interval)
+    if registry is not None:
+        try:
+            fd = os.open(registry, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, b"%d\n" % os.getpid())  # one short append: atomic
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the registry is for diagnosis and cleanup; never fail a worker over it

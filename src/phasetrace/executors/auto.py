@@ -1,6 +1,6 @@
-"""The ``auto`` strategy (the default): per call, run in-process or on the loky pool.
+"""The ``auto`` strategy (the default): per call, run in-process or on a loky pool.
 
-Data flow: ``map`` looks at the items' ``cost`` estimates (seconds) and at whether a loky
+Data flow: a call looks at the items' ``cost`` estimates (seconds) and at whether its loky
 pool is already warm, picks ``sequential`` or ``loky`` with the rule below, records the
 choice in ``last_decision`` and logs it (``logging.debug`` on ``phasetrace.executors``),
 then hands the call to that executor.
@@ -15,9 +15,8 @@ The rule, with ``n`` units of total estimated work ``W``, largest unit ``w_max``
 
 so the pool is used only when its estimated wall time (start or dispatch, the longest of
 an even split and the largest unit, per-unit transport) beats running everything here.
-Units with unknown cost (``cost <= 0``) are measured: the first unit runs in-process and
-its time stands in for every unknown cost of the rest; the probe is part of the work,
-its result is kept.
+A unit of unknown cost (``cost <= 0``, as in a plain ``map``) counts as
+``unknown_cost_s``; nothing is run to measure it.
 
 Default costs, measured on the development machine (2 cores shared with other work,
 Linux, Python 3.11, loky 3.7; ``benchmarks/strategies.py`` prints them for yours):
@@ -34,13 +33,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from phasetrace.executors import _worker
-from phasetrace.executors.base import Executor, WorkItem, check_items
+from phasetrace.executors.base import Executor, WorkItem
 from phasetrace.executors.sequential import SequentialExecutor
 
 logger = logging.getLogger("phasetrace.executors")
@@ -48,6 +47,8 @@ logger = logging.getLogger("phasetrace.executors")
 COLD_START_S = 0.5
 WARM_DISPATCH_S = 0.002
 PER_UNIT_S = 2e-5
+#: Assumed seconds per unit of unknown cost: a recorded unit of a few hundred ops.
+UNKNOWN_COST_S = 1e-3
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,10 @@ class AutoDecision:
         The rule that decided, with the numbers.
     n_items : int
     estimated_work_s : float or None
-        Estimated sequential time of the units decided on.
+        Estimated sequential time of the units.
     estimated_parallel_s : float or None
         Estimated wall time on the pool (start or dispatch included).
     pool_warm : bool
-    probed : bool
-        True when unknown costs were estimated by running the first unit in-process.
     """
 
     strategy: str
@@ -76,17 +75,16 @@ class AutoDecision:
     estimated_work_s: float | None = None
     estimated_parallel_s: float | None = None
     pool_warm: bool = False
-    probed: bool = False
 
 
 class AutoExecutor(Executor):
-    """Choose, per ``map`` call, between an in-process loop and the loky pool.
+    """Choose, per call, between an in-process loop and a loky pool (this executor's own).
 
     Parameters
     ----------
     n_workers : int or None
         Worker count of the pool (default all CPUs); 1 always runs in-process.
-    cold_start_s, warm_dispatch_s, per_unit_s : float
+    cold_start_s, warm_dispatch_s, per_unit_s, unknown_cost_s : float
         Costs used by the rule (see the module docstring for the measurements).
     **loky_options
         Passed to :class:`~phasetrace.executors.lokypool.LokyExecutor`.
@@ -94,13 +92,13 @@ class AutoExecutor(Executor):
     Attributes
     ----------
     last_decision : AutoDecision or None
-        The choice made by the latest ``map`` call.
+        The choice made by the latest call.
 
     Examples
     --------
     >>> from phasetrace.executors import work_items
     >>> with AutoExecutor(n_workers=2) as ex:
-    ...     ex.map(abs, work_items([-1, -2], costs=[1e-6, 1e-6]))
+    ...     ex.map_items(abs, work_items([-1, -2], costs=[1e-6, 1e-6]))
     ...     ex.last_decision.strategy
     [1, 2]
     'sequential'
@@ -121,31 +119,32 @@ class AutoExecutor(Executor):
         cold_start_s: float = COLD_START_S,
         warm_dispatch_s: float = WARM_DISPATCH_S,
         per_unit_s: float = PER_UNIT_S,
+        unknown_cost_s: float = UNKNOWN_COST_S,
         **loky_options: Any,
     ):
         super().__init__(n_workers)
         self.cold_start_s = float(cold_start_s)
         self.warm_dispatch_s = float(warm_dispatch_s)
         self.per_unit_s = float(per_unit_s)
+        self.unknown_cost_s = float(unknown_cost_s)
         self._loky_options = loky_options
         self._sequential = SequentialExecutor()
         self._loky: Any = None
         self.last_decision: AutoDecision | None = None
         if loky_options:  # fail now on an option loky does not take, not at the first call
-            from phasetrace.executors.lokypool import LokyExecutor
+            self._loky = self._make_loky()
 
-            self._loky = LokyExecutor(self.n_workers, **loky_options)
+    def _make_loky(self):
+        from phasetrace.executors.lokypool import LokyExecutor
+
+        return LokyExecutor(self.n_workers, **self._loky_options)
 
     def pool_warm(self) -> bool:
-        """Whether a loky pool with ``n_workers`` live workers is ready (starts nothing)."""
-        if self._loky is not None:
-            return self._loky.is_warm()
-        from phasetrace.executors.lokypool import pool_is_warm
+        """Whether this executor's loky pool is up, with a live worker (starts nothing)."""
+        return self._loky is not None and self._loky.is_warm()
 
-        return pool_is_warm(self.n_workers)
-
-    def decide(self, costs: Sequence[float], *, probed: bool = False) -> AutoDecision:
-        """Apply the rule of the module docstring to known ``costs`` (seconds per unit).
+    def decide(self, costs: Sequence[float]) -> AutoDecision:
+        """Apply the rule of the module docstring to ``costs`` (seconds per unit).
 
         Examples
         --------
@@ -161,6 +160,7 @@ class AutoExecutor(Executor):
             return AutoDecision("sequential", "n_workers is 1", n)
         if n < 2:
             return AutoDecision("sequential", f"{n} unit(s): nothing to share", n)
+        costs = [c if c > 0 else self.unknown_cost_s for c in costs]
         total = math.fsum(costs)
         largest = max(costs)
         warm = self.pool_warm()
@@ -173,64 +173,44 @@ class AutoExecutor(Executor):
         else:
             strategy = "sequential"
             reason = f"estimated {total:.4g} s in-process <= {parallel:.4g} s on the {state} pool"
-        return AutoDecision(strategy, reason, n, total, parallel, warm, probed)
+        return AutoDecision(strategy, reason, n, total, parallel, warm)
 
-    def map(
-        self,
-        fn: Callable[[Any], Any],
-        items: Iterable[WorkItem],
-        *,
-        timeout: float | None = None,
-    ) -> list:
-        self._check_open()
-        items = check_items(items)
-        if not items:
-            return []
-        costs = [it.cost for it in items]
-        head: list = []
-        probed = False
-        if all(c > 0 for c in costs) or len(items) < 2 or self.n_workers == 1:
-            decision = self.decide(costs)
-        else:
-            # Unknown costs: run the first unit here and let its time stand in for them.
-            t0 = time.perf_counter()
-            head = self._sequential.map(fn, items[:1], timeout=timeout)
-            measured = time.perf_counter() - t0
-            if timeout is not None:
-                timeout = max(timeout - measured, 1e-3)
-            items = items[1:]
-            costs = [c if c > 0 else measured for c in costs[1:]]
-            probed = True
-            decision = self.decide(costs, probed=True)
+    def _chosen(self, costs: Sequence[float]) -> Executor:
+        decision = self.decide(costs)
         self.last_decision = decision
         logger.debug(
-            "auto: %s for %d unit(s)%s: %s",
-            decision.strategy,
-            decision.n_items,
-            " (costs probed)" if probed else "",
-            decision.reason,
+            "auto: %s for %d unit(s): %s", decision.strategy, decision.n_items, decision.reason
         )
         if decision.strategy == "loky":
             if self._loky is None:
-                from phasetrace.executors.lokypool import LokyExecutor
+                self._loky = self._make_loky()
+            return self._loky
+        return self._sequential
 
-                self._loky = LokyExecutor(self.n_workers, **self._loky_options)
-            return head + self._loky.map(fn, items, timeout=timeout)
-        return head + self._sequential.map(fn, items, timeout=timeout)
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        self._check_open()
+        return self._chosen([0.0]).submit(fn, *args, **kwargs)
 
-    map.__doc__ = Executor.map.__doc__
+    submit.__doc__ = Executor.submit.__doc__
+
+    def _start(
+        self,
+        fn: Callable[..., Any],
+        items: list[WorkItem],
+        *,
+        timeout: float | None,
+        star: bool,
+        chunksize: int | None,
+    ) -> Iterator[Any]:
+        chosen = self._chosen([it.cost for it in items])
+        return chosen._start(fn, items, timeout=timeout, star=star, chunksize=chunksize)
 
     @property
     def generation(self) -> int:
         """Generation of the loky pool used so far (0 before its first use)."""
         return 0 if self._loky is None else self._loky.generation
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._sequential.close()
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        self._sequential.shutdown(wait=wait)
         if self._loky is not None:
-            self._loky.close()
-
-    close.__doc__ = Executor.close.__doc__
+            self._loky.shutdown(wait=wait, cancel_futures=cancel_futures)

@@ -1,33 +1,51 @@
-"""The executor protocol: what every strategy implements, and the work item it runs.
+"""The executor protocol: a :class:`concurrent.futures.Executor`, plus explicit work items.
 
-Data flow: the caller builds explicit :class:`WorkItem` objects (plain, picklable data:
-an index, a content key and a payload such as the canonical bytes of a graph or unit)
-and calls ``executor.map(fn, items)`` with a module-level ``fn``. The executor runs
-``fn(item.payload)`` somewhere (this process, a pool, a cluster) and returns the results
-**in input order**. Workers never read parent-process globals: all they need is in
-the item.
+Every strategy is a standard executor: ``submit(fn, /, *args, **kwargs)`` returns a
+:class:`concurrent.futures.Future`; ``map(fn, *iterables, timeout=None, chunksize=None)``
+starts all the work at once and yields results in input order; ``shutdown(wait=True, *,
+cancel_futures=False)`` releases the workers (a second call is safe; ``submit`` or ``map``
+afterwards raises :class:`~phasetrace.errors.ExecutorClosedError`, a ``RuntimeError`` as
+in the standard library); executors are context managers. So a phasetrace executor can be
+used wherever a standard one is expected, and any standard executor can be adopted as a
+strategy (:mod:`phasetrace.executors.adopted`).
 
-Guarantees every strategy gives (modelled on :class:`concurrent.futures.Executor`):
+On top of that, the pipeline hands over **explicit work items** (:class:`WorkItem`: a
+key naming the unit in every error, and a cost estimate that chunking and ``auto`` use)
+with ``map_items(fn, items, timeout=None)``, which returns the list of results.
 
-- ``map`` returns ``[fn(item.payload) for item in items]`` in input order, whatever
-  order the units finished in;
-- an exception raised by ``fn`` becomes :class:`~phasetrace.errors.UnitFailedError`
-  carrying the item's key, the original type and message and the worker traceback;
-- a worker that dies becomes :class:`~phasetrace.errors.WorkerCrashedError` naming the
-  key of the unit in flight; the next call gets a fresh pool;
-- ``close()`` may be called twice; ``map`` after ``close()`` raises
-  :class:`~phasetrace.errors.ExecutorClosedError`;
-- executors are context managers whose exit calls ``close()``.
+Guarantees every strategy gives:
+
+- results come back in input order, whatever order the units finished in;
+- an exception raised by ``fn`` is re-raised with its own type, the worker's traceback as
+  ``__cause__`` and the unit's key in a note (PEP 678);
+- a worker that dies raises :class:`~phasetrace.errors.WorkerCrashedError` (also a
+  :class:`concurrent.futures.process.BrokenProcessPool`) naming the unit it was running;
+  the next call gets a fresh pool;
+- ``timeout`` bounds the whole call, and past it
+  :class:`~phasetrace.errors.ExecutorTimeoutError` (a ``TimeoutError``) is raised.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from phasetrace.errors import ExecutorClosedError, StrategyError
+from phasetrace.executors._wire import RemoteTraceback
+
+__all__ = [
+    "Executor",
+    "RemoteTraceback",
+    "WorkItem",
+    "available_cpus",
+    "resolve_n_workers",
+    "work_items",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +75,19 @@ class WorkItem:
 # --------------------------------------------------------------------------------------
 
 
-class RemoteTraceback(Exception):
-    """The formatted traceback of an exception raised in a worker.
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
-    Attached as ``__cause__`` of :class:`~phasetrace.errors.UnitFailedError`, like
-    CPython's ``concurrent.futures.process._RemoteTraceback``: Python prints it above the
-    caller's traceback under "The above exception was the direct cause of ...".
-    """
 
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+def live_executors() -> list[Executor]:
+    """Every phasetrace executor of this process that is not shut down yet."""
+    return [e for e in list(_live) if not e.closed]
 
 
 def available_cpus() -> int:
-    """Number of CPUs this process may run on (its affinity mask where the OS has one).
+    """CPUs this process may use: its affinity mask and any cgroup CPU quota.
+
+    A container limited to 2 CPUs on a 64-core host gets 2 (read by loky's public
+    ``cpu_count``, which honours cgroup v1 and v2 quotas and the affinity mask).
 
     Examples
     --------
@@ -82,32 +95,27 @@ def available_cpus() -> int:
     True
     """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux: no affinity mask to read
-        return os.cpu_count() or 1
+        from loky import cpu_count
+    except ImportError:  # pragma: no cover - loky is a core dependency
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
+    return max(1, int(cpu_count()))
 
 
 def resolve_n_workers(n_workers: int | None, default: int | None = None) -> int:
-    """Turn an ``n_workers`` setting into a positive worker count (joblib's ``n_jobs`` rules).
-
-    This is the one place where the meaning of ``n_workers`` is defined:
+    """Turn an ``n_workers`` setting into a worker count. The one definition of its meaning:
 
     - a positive int is taken as is;
-    - ``-1`` means all CPUs, ``-2`` all but one, and in general ``cpu_count() + 1 + n``;
-    - ``None`` means the strategy's default (``default``; all CPUs when that is ``None``);
-    - ``0``, values below ``-cpu_count()``, booleans and non-integers are errors.
+    - ``None`` is the strategy's default (``default``; all available CPUs when that is
+      ``None``, which is the default of the pooled strategies);
+    - a negative int counts back from the CPUs, as joblib's ``n_jobs`` does: ``-1`` is
+      all of them, ``-2`` all but one, ``n`` is ``cpus + 1 + n``, and never fewer than 1;
+    - ``0``, booleans and non-integers are errors.
 
-    Parameters
-    ----------
-    n_workers : int or None
-        The requested count.
-    default : int or None
-        The strategy's default count, used when ``n_workers`` is None.
-
-    Returns
-    -------
-    int
-        A count >= 1.
+    "CPUs" are the ones this process may use (:func:`available_cpus`: affinity and cgroup
+    quota).
 
     Raises
     ------
@@ -120,6 +128,8 @@ def resolve_n_workers(n_workers: int | None, default: int | None = None) -> int:
     3
     >>> resolve_n_workers(-1) == available_cpus()
     True
+    >>> resolve_n_workers(-1000)
+    1
     >>> resolve_n_workers(None, default=1)
     1
     """
@@ -137,14 +147,7 @@ def resolve_n_workers(n_workers: int | None, default: int | None = None) -> int:
             "n_workers=0 has no meaning: use a positive count, -1 for all CPUs, "
             "or None for the strategy's default"
         )
-    cpus = available_cpus()
-    if n_workers < -cpus:
-        raise StrategyError(
-            f"n_workers={n_workers} asks for cpu_count() + 1 + ({n_workers}) = "
-            f"{cpus + 1 + n_workers} workers on a machine with {cpus} CPUs; "
-            f"negative values must be >= -{cpus}"
-        )
-    return cpus + 1 + n_workers
+    return max(1, available_cpus() + 1 + n_workers)
 
 
 def work_items(
@@ -203,13 +206,14 @@ def check_items(items: Sequence[WorkItem] | Iterable[WorkItem]) -> list[WorkItem
     return items
 
 
-class Executor:
-    """Base class of every strategy: runs ``fn(item.payload)`` for each item, in input order.
+class Executor(concurrent.futures.Executor):
+    """Base class of every strategy: a :class:`concurrent.futures.Executor`.
 
-    A subclass writes :meth:`map` (and :meth:`close` when it holds resources). The
-    guarantees of the module docstring hold for every subclass.
+    A subclass writes :meth:`submit`, :meth:`_start` (dispatch work items, return an
+    iterator over their results in order) and, when it holds resources,
+    :meth:`_shutdown`. The guarantees of the module docstring hold for every subclass.
 
-    Class attributes (capabilities, read by ``auto`` and by :func:`available_strategies`):
+    Class attributes (capabilities, read by ``auto`` and by ``available_strategies``):
 
     ``name``
         The registry name.
@@ -219,7 +223,7 @@ class Executor:
         True when ``fn`` must be picklable by reference (a module-level function of an
         importable module); False when the strategy also ships lambdas and closures.
     ``reuses_pool``
-        True when workers outlive one ``map`` call.
+        True when workers outlive one call.
     ``default_n_workers``
         Worker count used for ``n_workers=None``; ``None`` means all available CPUs.
 
@@ -232,8 +236,12 @@ class Executor:
     --------
     >>> from phasetrace.executors import get_executor, work_items
     >>> with get_executor("sequential") as ex:
-    ...     ex.map(abs, work_items([-1, 2, -3]))
+    ...     list(ex.map(abs, [-1, 2, -3]))
+    ...     ex.submit(pow, 2, 10).result()
+    ...     ex.map_items(abs, work_items([-4]))
     [1, 2, 3]
+    1024
+    [4]
     """
 
     name: str = "base"
@@ -245,70 +253,125 @@ class Executor:
     def __init__(self, n_workers: int | None = None):
         self.n_workers = resolve_n_workers(n_workers, self.default_n_workers)
         self._closed = False
+        self._shutdown_lock = threading.Lock()
+        _live.add(self)
+
+    # -- concurrent.futures.Executor -------------------------------------------------------
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future:
+        """Schedule ``fn(*args, **kwargs)``; return a :class:`concurrent.futures.Future`."""
+        raise NotImplementedError
 
     def map(
-        self, fn: Callable[[Any], Any], items: Iterable[WorkItem], *, timeout: float | None = None
-    ) -> list:
-        """Return ``[fn(item.payload) for item in items]``, computed by this strategy.
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """Like :meth:`concurrent.futures.Executor.map`: ``fn(*args)`` for each tuple of
+        arguments, all started at once, results yielded in input order.
 
         Parameters
         ----------
         fn : callable
-            A module-level function of one argument.
-        items : iterable of WorkItem
-            The work; results come back in this order.
+            A module-level function (strategies with ``needs_picklable_fn`` False also
+            take lambdas and closures).
+        *iterables
+            The arguments, one iterable per parameter of ``fn``.
         timeout : float, optional
-            Seconds the whole call may take; past it the call raises
-            :class:`~phasetrace.errors.ExecutorTimeoutError`.
+            Seconds from this call within which every result must be available, else
+            :class:`~phasetrace.errors.ExecutorTimeoutError` (a ``TimeoutError``).
+        chunksize : int, optional
+            Items sent together to a worker; by default chunks are planned from the
+            number of workers.
 
         Returns
         -------
-        list
-            One result per item, in input order.
+        iterator
+            The results; an exception of ``fn`` is raised when its result is reached.
+        """
+        self._check_open()
+        check_timeout(timeout)
+        if chunksize is not None and (isinstance(chunksize, bool) or not chunksize >= 1):
+            raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
+        payloads = list(zip(*iterables, strict=False)) if iterables else []
+        items = work_items(payloads)
+        if items and not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        return self._start(fn, items, timeout=timeout, star=True, chunksize=chunksize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Release the workers. Safe to call twice; ``submit`` and ``map`` afterwards raise.
+
+        ``wait=False`` returns at once; ``cancel_futures=True`` cancels queued work.
+        """
+        with self._shutdown_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    # -- explicit work items -----------------------------------------------------------------
+    def map_items(
+        self, fn: Callable[[Any], Any], items: Iterable[WorkItem], *, timeout: float | None = None
+    ) -> list:
+        """Return ``[fn(item.payload) for item in items]``, computed by this strategy.
+
+        The pipeline's entry point: items carry content keys (named in every error) and
+        cost estimates (used for chunking, and by ``auto``).
 
         Raises
         ------
-        UnitFailedError
-            For the first item (in input order) whose ``fn`` raised.
+        Exception
+            The first unit's exception in input order, with its own type, the worker
+            traceback as ``__cause__`` and the unit's key in a note.
         WorkerCrashedError
             When a worker died; the message names the unit it was running.
+        SerializationError
+            When ``fn``, a payload or a result cannot travel.
         ExecutorTimeoutError
             When ``timeout`` passed.
         ExecutorClosedError
-            After :meth:`close`.
+            After :meth:`shutdown`.
         """
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release the workers. Safe to call twice; ``map`` afterwards raises."""
-        self._closed = True
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` has been called."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ExecutorClosedError(f"the {self.name!r} executor was used after close()")
-
-    def _start_map(
-        self, fn: Callable[[Any], Any], items: Iterable[WorkItem], timeout: float | None
-    ) -> list[WorkItem]:
-        """The checks every pooled ``map`` starts with; returns the items as a list."""
         self._check_open()
         items = check_items(items)
         check_timeout(timeout)
         if items and not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        return items
+        return list(self._start(fn, items, timeout=timeout, star=False, chunksize=None))
 
-    def __enter__(self):
-        return self
+    # -- for subclasses ------------------------------------------------------------------------
+    def _start(
+        self,
+        fn: Callable[..., Any],
+        items: list[WorkItem],
+        *,
+        timeout: float | None,
+        star: bool,
+        chunksize: int | None,
+    ) -> Iterator[Any]:
+        """Dispatch the items now; return an iterator over their results, in order."""
+        raise NotImplementedError
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Release resources (called once)."""
+
+    def close(self) -> None:
+        """``shutdown(wait=True)``."""
+        self.shutdown(wait=True)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` has been called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ExecutorClosedError(f"the {self.name!r} executor was used after shutdown()")
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "shut down" if self._closed else "open"
         return f"<{type(self).__name__} name={self.name!r} n_workers={self.n_workers} {state}>"

@@ -1,7 +1,7 @@
 """The ``dask`` strategy: units run as tasks on a Dask distributed cluster.
 
-Data flow: ``map`` groups the items into *tasks* and pickles each task in this process
-as ``(fn, [(key, payload), ...])`` bytes, exactly like the local pools do. The bytes go
+Data flow: a call groups the items into *tasks* and pickles each task in this process
+with the chunk wire format of the local pools (:mod:`phasetrace.executors._wire`). The bytes go
 to the cluster with ``client.map(_worker.run_pickled_chunk, blobs, key=keys)``: one
 scheduler message for the whole call. A worker unpickles the blob, runs
 :func:`~phasetrace.executors._worker.run_chunk` (every exception becomes an outcome, with
@@ -20,8 +20,8 @@ batch it with the same neighbours; ``min_chunk_seconds=0`` makes every unit its 
 A key that is not a content key (not 64 hex digits, e.g. ``work_items``' ``"item-0"``) is
 never trusted: the task is then keyed by a hash of its pickled bytes.
 
-Failure semantics: an exception in a unit is an outcome, re-raised here as
-:class:`~phasetrace.errors.UnitFailedError` with the worker traceback. A worker that dies
+Failure semantics: an exception in a unit is an outcome, re-raised here with its own
+type, the worker traceback as its cause and the unit key in a note. A worker that dies
 makes Dask reschedule its task elsewhere; once the scheduler's retries
 (``distributed.scheduler.allowed-failures``) are used up, Dask reports ``KilledWorker``,
 raised here as :class:`~phasetrace.errors.WorkerCrashedError` naming the unit(s) of the
@@ -34,14 +34,11 @@ on their own.
 
 The embedded cluster (no ``address`` or ``client``) is a ``LocalCluster`` of
 ``n_workers`` processes with one thread each, bound to 127.0.0.1, without dashboard,
-started on the first ``map`` and closed by :meth:`DaskExecutor.close` or at interpreter
-exit. Dask's nanny starts worker processes with the *spawn* method, which normally
-re-runs the parent's main script in every worker (a script importing JAX at its top
-would import JAX in every worker); while an embedded cluster is open, worker processes
-that a nanny of this process starts are launched without the main script, as in the
-``spawn`` strategy (a wrapper around :func:`multiprocessing.spawn.get_preparation_data`,
-active only for processes named like Dask's nanny workers; it also spares scripts
-without an ``if __name__ == "__main__":`` guard from starting clusters recursively).
+started on the first call and closed by :meth:`DaskExecutor.shutdown` or at interpreter
+exit. Dask's nanny starts worker processes with the *spawn* method, which imports the
+parent's main script in every worker (as every spawn-based pool does): keep a script's
+work, and imports you do not want in the workers (JAX, say), under
+``if __name__ == "__main__":``.
 
 Dask and distributed are imported on first use, never when this module is imported.
 """
@@ -58,26 +55,20 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from phasetrace.errors import (
     ExecutorTimeoutError,
     PhasetraceError,
-    SerializationError,
     StrategyError,
     UnitFailedError,
     WorkerCrashedError,
 )
-from phasetrace.executors import _worker
-from phasetrace.executors._pool import (
-    CHUNKS_PER_WORKER,
-    _pickle_dumps,
-    choose_dumps,
-    decode_outcomes,
-    plan_chunks,
-)
+from phasetrace.executors import _wire, _worker
+from phasetrace.executors._pool import CHUNKS_PER_WORKER, plan_chunks
 from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem
 
 logger = logging.getLogger("phasetrace.executors")
@@ -94,7 +85,6 @@ MIN_CHUNK_SECONDS = 0.02
 KILLED_GRACE_SECONDS = 0.25
 
 _CONTENT_KEY = re.compile(r"[0-9a-f]{64}")
-_NANNY_PROCESS_NAME = "Dask Worker process (from Nanny)"
 
 
 class SchedulerUnreachableError(PhasetraceError, ConnectionError):
@@ -102,85 +92,6 @@ class SchedulerUnreachableError(PhasetraceError, ConnectionError):
 
     Derives from :class:`ConnectionError`, so generic network error handlers catch it.
     """
-
-
-def pack_chunk(
-    fn: Callable[[Any], Any],
-    chunk: Sequence[WorkItem],
-    dumps: Callable[[Any], bytes],
-    strategy: str,
-) -> bytes:
-    """Pickle ``(fn, [(key, payload), ...])``; name what cannot be pickled.
-
-    Raises
-    ------
-    SerializationError
-        Naming ``fn`` or the first item whose payload cannot be pickled.
-    """
-    try:
-        return dumps((fn, [(it.key, it.payload) for it in chunk]))
-    except Exception as exc:
-        try:
-            dumps(fn)
-        except Exception as fn_exc:
-            raise SerializationError(
-                f"fn {getattr(fn, '__qualname__', fn)!r} cannot be pickled for {strategy!r} "
-                f"workers ({type(fn_exc).__name__}: {fn_exc}); define it with def at the top "
-                "level of a module and pass it by name",
-                what="fn",
-            ) from exc
-        for it in chunk:
-            try:
-                dumps(it.payload)
-            except Exception as item_exc:
-                raise SerializationError(
-                    f"the payload of item {it.index} (key {it.key}) cannot be pickled "
-                    f"({type(item_exc).__name__}: {item_exc}); payloads must be plain data "
-                    "such as bytes, numbers, strings, tuples or numpy arrays",
-                    what="item",
-                    key=it.key,
-                ) from exc
-        raise SerializationError(
-            f"a chunk of work cannot be pickled ({type(exc).__name__}: {exc})", what="chunk"
-        ) from exc
-
-
-# --------------------------------------------------------------------------------------
-# Workers started by an embedded cluster's nannies do not re-run the main script
-# --------------------------------------------------------------------------------------
-
-_main_lock = threading.Lock()
-_main_hiders = 0  # embedded clusters open now
-_original_preparation_data: Callable[[str], dict] | None = None
-
-
-def _preparation_data_without_main(name: str) -> dict:
-    assert _original_preparation_data is not None
-    data = _original_preparation_data(name)
-    if _main_hiders > 0 and name == _NANNY_PROCESS_NAME:
-        # What spawn/forkserver children use to re-import the parent's main module.
-        data.pop("init_main_from_name", None)
-        data.pop("init_main_from_path", None)
-    return data
-
-
-def _hide_main(enable: bool) -> None:
-    """Count embedded clusters; while any is open, nanny workers skip the main script."""
-    global _main_hiders, _original_preparation_data
-    import multiprocessing.spawn as mp_spawn
-
-    with _main_lock:
-        if enable:
-            _main_hiders += 1
-            if _original_preparation_data is None:
-                _original_preparation_data = mp_spawn.get_preparation_data
-                mp_spawn.get_preparation_data = _preparation_data_without_main
-            return
-        _main_hiders = max(0, _main_hiders - 1)
-        if _main_hiders == 0 and mp_spawn.get_preparation_data is _preparation_data_without_main:
-            mp_spawn.get_preparation_data = _original_preparation_data
-            _original_preparation_data = None
-        # else: someone wrapped it after us; ours stays in the chain, inert at zero
 
 
 # --------------------------------------------------------------------------------------
@@ -253,11 +164,9 @@ class DaskExecutor(Executor):
 
     Examples
     --------
-    >>> from phasetrace.executors import work_items
-    >>> from phasetrace.executors._testfns import square
     >>> with DaskExecutor(n_workers=2) as ex:  # doctest: +SKIP
-    ...     ex.map(square, work_items([1, 2, 3]))
-    [1, 4, 9]
+    ...     list(ex.map(abs, [-1, -2, 3]))
+    [1, 2, 3]
     >>> import phasetrace as pt  # doctest: +SKIP
     >>> pt.configure(strategy="dask", options={"address": "tcp://10.0.0.5:8786"})  # doctest: +SKIP
     """
@@ -344,7 +253,7 @@ class DaskExecutor(Executor):
         self._client: Any = client
         self._cluster: Any = None
         self._pending_reason: str | None = None
-        self._lock = threading.RLock()  # one map call at a time per executor
+        self._lock = threading.RLock()  # one call at a time per executor
         self._atexit_registered = False
 
     # -- connection ------------------------------------------------------------------------
@@ -433,12 +342,7 @@ class DaskExecutor(Executor):
         scheduler_kwargs.update(extra.pop("scheduler_kwargs", None) or {})
         kwargs["scheduler_kwargs"] = scheduler_kwargs
         kwargs.update(extra)
-        _hide_main(True)
-        try:
-            cluster = LocalCluster(**kwargs)
-        except BaseException:
-            _hide_main(False)
-            raise
+        cluster = LocalCluster(**kwargs)
         try:
             client = Client(
                 cluster,
@@ -448,7 +352,6 @@ class DaskExecutor(Executor):
             )
         except BaseException:
             cluster.close()
-            _hide_main(False)
             raise
         self._cluster = cluster
         if not self._atexit_registered:
@@ -492,8 +395,6 @@ class DaskExecutor(Executor):
                 cluster.close(timeout=self.connect_timeout)
             except Exception as exc:  # never mask the error that made us close it
                 logger.warning("dask: closing the embedded cluster failed: %s", exc)
-            finally:
-                _hide_main(False)
 
     def _worker_slots(self, client: Any) -> int:
         if self.embedded:
@@ -507,32 +408,41 @@ class DaskExecutor(Executor):
 
     # -- map -------------------------------------------------------------------------------
 
-    def map(
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)`` on the cluster; return a standard Future."""
+        self._check_open()
+        with self._lock:
+            client = self._ensure_client()
+        return client.get_executor(pure=False).submit(fn, *args, **kwargs)
+
+    def _start(
         self,
-        fn: Callable[[Any], Any],
-        items: Iterable[WorkItem],
+        fn: Callable[..., Any],
+        items: list[WorkItem],
         *,
-        timeout: float | None = None,
-    ) -> list:
-        items = self._start_map(fn, items, timeout)
+        timeout: float | None,
+        star: bool,
+        chunksize: int | None,
+    ) -> Iterator[Any]:
+        # Eager: the call runs to its end here (Dask tasks cannot be held back), and the
+        # iterator hands out the results in order.
         if not items:
-            return []
+            return iter(())
         deadline = None if timeout is None else time.monotonic() + timeout
-        dumps = choose_dumps(fn)
+        dumps = _wire.choose_dumps(fn, by_value=True)
         with self._lock:
             self._check_open()
             client = self._ensure_client()
-            tasks = self._plan(fn, items, dumps, self._worker_slots(client))
-            return self._run(client, tasks, items, deadline, timeout)
-
-    map.__doc__ = Executor.map.__doc__
+            tasks = self._plan(fn, items, dumps, self._worker_slots(client), star)
+            return iter(self._run(client, tasks, items, deadline, timeout))
 
     def _plan(
         self,
-        fn: Callable[[Any], Any],
+        fn: Callable[..., Any],
         items: list[WorkItem],
         dumps: Callable[[Any], bytes],
         slots: int,
+        star: bool,
     ) -> list[_Task]:
         """Group items into tasks with deterministic keys (see the module docstring)."""
         fn_name = _fn_name(fn, dumps)
@@ -551,7 +461,10 @@ class DaskExecutor(Executor):
         tasks: dict[str, _Task] = {}
         for group in sorted(groups, key=lambda g: g[0]):
             chunk = [items[i] for i in group]
-            blob = pack_chunk(fn, chunk, dumps, self.name)
+            # Dask workers are not children of this process: no parent watchdog.
+            blob = _wire.pack_chunk(
+                fn, chunk, star=star, dumps=dumps, strategy=self.name, by_value=True, watch=False
+            )
             if len(group) == 1:
                 key = f"{fn_name}-{_item_token(chunk[0], blob, dumps)}"
             else:
@@ -623,7 +536,9 @@ class DaskExecutor(Executor):
                     raise self._gather_failed(client, exc, tasks) from exc
                 for p, data in zip(finished, datas, strict=True):
                     task = tasks[p]
-                    outcomes = decode_outcomes(data, [items[i] for i in task.indices])
+                    outcomes = _wire.decode_outcomes(
+                        data, [items[i] for i in task.indices], "strategy 'dask', on a worker"
+                    )
                     for group in (task.indices, *task.copies):
                         for i, (ok, value) in zip(group, outcomes, strict=True):
                             decoded[i] = True
@@ -672,7 +587,9 @@ class DaskExecutor(Executor):
                 errors.append((p, futures[p].exception(timeout=self.connect_timeout)))
             except Exception as fetch_exc:  # could not even fetch the error
                 errors.append((p, fetch_exc))
-        killed = [(p, e) for p, e in errors if type(e).__name__ == "KilledWorker"]
+        from distributed import KilledWorker
+
+        killed = [(p, e) for p, e in errors if isinstance(e, KilledWorker)]
         if killed:
             return _killed_worker_error([tasks[p] for p, _ in killed], killed[0][1])
         p, exc = errors[0]
@@ -692,13 +609,15 @@ class DaskExecutor(Executor):
 
             tb = "".join(traceback.format_exception(type(exc), exc, futures[p].traceback()))
         err = UnitFailedError(
-            task.item_keys[0], _worker.exc_type_name(exc), _worker._safe_str(exc), tb
+            task.item_keys[0], _worker.exc_type_name(exc), _worker.safe_str(exc), tb
         )
         err.__cause__ = RemoteTraceback(tb)
         return err
 
     def _gather_failed(self, client: Any, exc: Exception, tasks: list[_Task]) -> BaseException:
-        if type(exc).__name__ == "KilledWorker":
+        from distributed import KilledWorker
+
+        if isinstance(exc, KilledWorker):
             lost = [t for t in tasks if t.key == getattr(exc, "task", None)] or tasks[:1]
             return _killed_worker_error(lost, exc)
         if client.status != "running":
@@ -732,24 +651,19 @@ class DaskExecutor(Executor):
                 "their end (Dask cannot interrupt a running task)."
             )
         return ExecutorTimeoutError(
-            f"'dask' map did not finish within {timeout} s: {unfinished} of {len(items)} "
+            f"'dask' run did not finish within {timeout} s: {unfinished} of {len(items)} "
             f"units unfinished (first pending: {', '.join(first)}). {after}"
         )
 
     # -- closing ---------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             if self._atexit_registered:
                 atexit.unregister(self.close)
                 self._atexit_registered = False
             if self._client is not None or self._cluster is not None:
-                self._drop_connection("closed")
-
-    close.__doc__ = Executor.close.__doc__
+                self._drop_connection("shut down")
 
     def __repr__(self) -> str:
         if self._user_client is not None:
@@ -765,7 +679,7 @@ class DaskExecutor(Executor):
 def _fn_name(fn: Callable[[Any], Any], dumps: Callable[[Any], bytes]) -> str:
     """A key prefix naming ``fn``: its import path, or a hash when it is sent by value."""
     name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-    if dumps is _pickle_dumps and "<" not in name:
+    if dumps is _wire.pickle_dumps and "<" not in name:
         return name
     digest = hashlib.sha256(dumps(fn)).hexdigest()[:16]
     return f"{getattr(fn, '__name__', 'fn')}.{digest}".replace("<", "").replace(">", "")

@@ -1,51 +1,53 @@
 """The ``joblib`` strategy: units run through ``joblib.Parallel`` on the active joblib backend.
 
-Data flow: ``map`` cuts the items into chunks (:func:`~phasetrace.executors._pool.plan_chunks`),
-pickles each chunk in this process as ``(fn, [(key, payload), ...])`` bytes and calls
-``Parallel(n_jobs=...)(delayed(run_pickled_chunk)(blob, progress) for ...)``. Nothing
-else is chosen here: the backend, and the worker count unless ``n_workers`` is given, come
-from the caller's ``joblib.parallel_config(...)`` block, so any joblib backend is
-reachable (``loky``, the default; ``threading``; ``multiprocessing``; ``dask`` with a
-``distributed.Client``; Ray through ``ray.util.joblib``; third-party ones). Workers unpickle
-the chunk, run :func:`~phasetrace.executors._worker.run_chunk` (every exception becomes an
-outcome, with its traceback) and send back pickled outcomes, decoded here in input order.
+Data flow: a call cuts the items into chunks (:func:`~phasetrace.executors._pool.plan_chunks`),
+packs each with the chunk wire format (:mod:`phasetrace.executors._wire`) and calls
+``Parallel(n_jobs=..., return_as="generator")(delayed(run_pickled_chunk)(blob, progress)
+for ...)``. Nothing else is chosen here: the backend, and the worker count unless
+``n_workers`` is given, come from the caller's ``joblib.parallel_config(...)`` block, so any
+joblib backend is reachable (``loky``, the default; ``threading``; ``multiprocessing``;
+``dask`` with a ``distributed.Client``; Ray through ``ray.util.joblib``; third-party ones).
 The cache stays in the calling process; workers only record.
 
-Failure semantics: an exception in a unit is re-raised as
-:class:`~phasetrace.errors.UnitFailedError` with the worker traceback. A worker that dies
-under a process backend (loky's ``TerminatedWorkerError``, a broken process pool) raises
+Failure semantics: a unit's exception is re-raised with its own type, the worker
+traceback as cause and the unit key in a note. A worker that dies under a process backend
+(a broken process pool, Dask's ``KilledWorker``) raises
 :class:`~phasetrace.errors.WorkerCrashedError` naming the unit(s) that were running, read
 from the same progress records the local pools use (so only when the workers share this
-machine; elsewhere the message lists the call's units). Dask's ``KilledWorker`` through
-the dask backend is mapped the same way. joblib's ``timeout`` applies to *each chunk*
-(joblib's semantics), not to the whole call as with the other strategies; past it, joblib
-raises and aborts the backend (loky kills its workers), raised here as
-:class:`~phasetrace.errors.ExecutorTimeoutError`. The ``multiprocessing`` backend cannot
-detect a dead worker (its pool waits for ever): use ``loky`` or a timeout there.
+machine). ``timeout`` bounds the whole call: it is checked as each chunk's result arrives,
+and joblib's own per-task timeout (set to the same value) bounds a single chunk; past it the
+workers running this call's chunks are ended (process backends; a thread backend cannot
+stop a running unit). The ``multiprocessing`` backend cannot detect a dead worker (its pool
+waits for ever): use ``loky`` or a timeout there.
+
+Workers that are children of this process end themselves when it dies (a watchdog started
+by the first chunk each runs), so a killed parent leaves no joblib workers behind.
 
 joblib is imported on first use, not when this module is imported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from phasetrace.errors import ExecutorTimeoutError, StrategyError, WorkerCrashedError
-from phasetrace.executors import _worker
+from phasetrace.errors import ExecutorTimeoutError, WorkerCrashedError
+from phasetrace.executors import _wire, _worker
 from phasetrace.executors._pool import (
+    _PROGRESS_PREFIX,
     CHUNKS_PER_WORKER,
     MIN_CHUNK_SECONDS,
-    _ProgressFile,
-    choose_dumps,
-    decode_outcomes,
+    _RecordFile,
+    check_pool_options,
     plan_chunks,
 )
 from phasetrace.executors.base import Executor, WorkItem
-from phasetrace.executors.daskpool import pack_chunk
 
 
 class JoblibExecutor(Executor):
@@ -62,26 +64,24 @@ class JoblibExecutor(Executor):
     Attributes
     ----------
     last_backend : str or None
-        Name of the joblib backend the latest ``map`` ran on (``"LokyBackend"``, ...).
+        Name of the joblib backend the latest call ran on (``"LokyBackend"``, ...).
 
     Notes
     -----
-    The backend is read at each ``map`` call, from the thread that calls it, so a
+    The backend is read at each call, from the thread that calls it, so a
     ``with joblib.parallel_config(backend="threading"):`` block around
     ``phasetrace.compute_trace(...)`` applies to that call. With a thread backend the
     units run in this process (JAX, if imported here, is then "in the worker"). ``fn``
     is pickled by reference when it can be, else by value with cloudpickle.
-    :meth:`close` does not stop the workers: they belong to the joblib backend, which
+    :meth:`shutdown` does not stop the workers: they belong to the joblib backend, which
     shares them with other joblib code in the process (loky's idle timeout ends them).
 
     Examples
     --------
     >>> import joblib
-    >>> from phasetrace.executors import work_items
-    >>> from phasetrace.executors._testfns import square
     >>> with JoblibExecutor(n_workers=2) as ex, joblib.parallel_config(backend="threading"):
-    ...     ex.map(square, work_items([1, 2, 3]))
-    [1, 4, 9]
+    ...     list(ex.map(abs, [-1, -2, 3]))
+    [1, 2, 3]
     """
 
     name = "joblib"
@@ -98,17 +98,12 @@ class JoblibExecutor(Executor):
         chunks_per_worker: int = CHUNKS_PER_WORKER,
     ):
         super().__init__(n_workers)
-        if not (isinstance(min_chunk_seconds, int | float) and min_chunk_seconds >= 0):
-            raise StrategyError(f"min_chunk_seconds must be >= 0, got {min_chunk_seconds!r}")
-        if isinstance(chunks_per_worker, bool) or not (
-            isinstance(chunks_per_worker, int) and chunks_per_worker >= 1
-        ):
-            raise StrategyError(f"chunks_per_worker must be an int >= 1, got {chunks_per_worker!r}")
+        check_pool_options(1.0, min_chunk_seconds, chunks_per_worker)
         self._n_jobs = n_workers  # None: let parallel_config decide, at each call
         self.min_chunk_seconds = float(min_chunk_seconds)
         self.chunks_per_worker = chunks_per_worker
         self.last_backend: str | None = None
-        self._progress = _ProgressFile()
+        self._progress = _RecordFile(_PROGRESS_PREFIX)
         self._call_id = 0
         self._lock = threading.RLock()
 
@@ -120,58 +115,93 @@ class JoblibExecutor(Executor):
         _, configured = get_active_backend()
         return -1 if configured is None else configured
 
-    def map(
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` through joblib now; return its (completed) Future.
+
+        joblib has no futures of its own: the call runs to its end before this returns.
+        """
+        self._check_open()
+        from joblib import Parallel, delayed
+
+        future: Future = Future()
+        try:
+            (result,) = Parallel(n_jobs=1)([delayed(fn)(*args, **kwargs)])
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        return future
+
+    def _start(
         self,
-        fn: Callable[[Any], Any],
-        items: Iterable[WorkItem],
+        fn: Callable[..., Any],
+        items: list[WorkItem],
         *,
-        timeout: float | None = None,
-    ) -> list:
-        items = self._start_map(fn, items, timeout)
+        timeout: float | None,
+        star: bool,
+        chunksize: int | None,
+    ) -> Iterator[Any]:
         if not items:
-            return []
-        from joblib import Parallel, delayed, effective_n_jobs
-        from joblib.parallel import get_active_backend
+            return iter(())
+        from joblib import effective_n_jobs
 
         n_jobs = self._n_jobs_now()
-        slots = max(1, effective_n_jobs(n_jobs))
-        chunks = plan_chunks(
-            [it.cost for it in items],
-            slots,
-            min_chunk_seconds=self.min_chunk_seconds,
-            chunks_per_worker=self.chunks_per_worker,
-        )
-        dumps = choose_dumps(fn)
-        blobs = [pack_chunk(fn, items[a:b], dumps, self.name) for a, b in chunks]
+        if chunksize is not None:
+            chunks = [(a, min(a + chunksize, len(items))) for a in range(0, len(items), chunksize)]
+        else:
+            chunks = plan_chunks(
+                [it.cost for it in items],
+                max(1, effective_n_jobs(n_jobs)),
+                min_chunk_seconds=self.min_chunk_seconds,
+                chunks_per_worker=self.chunks_per_worker,
+            )
+        dumps = _wire.choose_dumps(fn, by_value=True)
+        blobs = [
+            _wire.pack_chunk(
+                fn, items[a:b], star=star, dumps=dumps, strategy=self.name, by_value=True
+            )
+            for a, b in chunks
+        ]
+        # Eager: joblib runs the whole call here; the iterator hands out the results.
         with self._lock:
             self._check_open()
-            self.last_backend = type(get_active_backend()[0]).__name__
-            first_slot = self._progress.start_call(len(blobs), stragglers=False)
-            self._call_id += 1
-            call_id = self._call_id
-            calls = (
-                delayed(_worker.run_pickled_chunk)(
-                    blob, (self._progress.path, call_id, first_slot + i)
-                )
-                for i, blob in enumerate(blobs)
-            )
-            t0 = time.monotonic()
-            try:
-                datas = Parallel(n_jobs=n_jobs, batch_size=1, timeout=timeout)(calls)
-            except BaseException as exc:
-                mapped = self._map_error(exc, chunks, items, call_id, first_slot, timeout, t0)
-                if mapped is None:
-                    raise
-                raise mapped from exc
-        results: list[Any] = [None] * len(items)
-        for (a, b), data in zip(chunks, datas, strict=True):
-            for offset, (ok, value) in enumerate(decode_outcomes(data, items[a:b])):
-                if not ok:
-                    raise value
-                results[a + offset] = value
-        return results
+            return iter(self._run(n_jobs, blobs, chunks, items, timeout))
 
-    map.__doc__ = Executor.map.__doc__
+    def _run(self, n_jobs, blobs, chunks, items, timeout) -> list:
+        from joblib import Parallel, delayed
+        from joblib.parallel import get_active_backend
+
+        self.last_backend = type(get_active_backend()[0]).__name__
+        first_slot = self._progress.start_call(len(blobs), keep=False)
+        self._call_id += 1
+        call_id = self._call_id
+        calls = (
+            delayed(_worker.run_pickled_chunk)(blob, (self._progress.path, call_id, first_slot + i))
+            for i, blob in enumerate(blobs)
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        where = f"strategy 'joblib' ({self.last_backend})"
+        results: list[Any] = []
+        try:
+            outputs = Parallel(n_jobs=n_jobs, batch_size=1, timeout=timeout, return_as="generator")(
+                calls
+            )
+            try:
+                for (a, b), data in zip(chunks, outputs, strict=True):
+                    for ok, value in _wire.decode_outcomes(data, items[a:b], where):
+                        if not ok:
+                            raise value
+                        results.append(value)
+                    if deadline is not None and time.monotonic() > deadline and b < len(items):
+                        raise multiprocessing.TimeoutError
+            finally:
+                outputs.close()  # abandons the chunks not yet started
+        except BaseException as exc:
+            mapped = self._map_error(exc, chunks, items, call_id, first_slot, timeout)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return results
 
     def _running(
         self, chunks: list[tuple[int, int]], items: list[WorkItem], call_id: int, first_slot: int
@@ -196,14 +226,9 @@ class JoblibExecutor(Executor):
         call_id: int,
         first_slot: int,
         timeout: float | None,
-        t0: float,
     ) -> BaseException | None:
         """joblib's and the backends' errors → ours (None: re-raise as it is)."""
-        crashed = isinstance(exc, BrokenProcessPool) or type(exc).__name__ in (
-            "TerminatedWorkerError",
-            "KilledWorker",
-        )
-        if crashed:
+        if isinstance(exc, (BrokenProcessPool, *_killed_worker_type())):
             running, unknown = self._running(chunks, items, call_id, first_slot)
             if len(running) == 1:
                 what, key = f"unit {running[0].key}", running[0].key
@@ -220,24 +245,43 @@ class JoblibExecutor(Executor):
                 "backend's next call starts fresh workers.",
                 key=key,
             )
-        import multiprocessing
-
         if isinstance(exc, TimeoutError | multiprocessing.TimeoutError):  # joblib uses the latter
             running, _ = self._running(chunks, items, call_id, first_slot)
-            keys = ", ".join(it.key for it in running) or "unknown"
+            ended = _end_workers(call_id, first_slot, len(chunks), self._progress)
+            keys = ", ".join(it.key for it in running) or "none"
             return ExecutorTimeoutError(
-                f"'joblib' map: a chunk did not finish within {timeout} s (joblib's timeout "
-                f"applies to each chunk; {time.monotonic() - t0:.3g} s elapsed); running "
-                f"when stopped: {keys}. joblib aborted the backend (loky kills its workers; a "
-                "thread backend cannot stop a running unit, which then runs to its end)."
+                f"'joblib' run did not finish within {timeout} s; running when stopped: "
+                f"{keys}. {ended}"
             )
         return None
 
-    def close(self) -> None:
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             self._progress.close()
 
-    close.__doc__ = Executor.close.__doc__
+
+def _killed_worker_type() -> tuple[type, ...]:
+    """Dask's ``KilledWorker`` (the ``dask`` joblib backend), when distributed is installed."""
+    try:
+        from distributed import KilledWorker
+    except ImportError:
+        return ()
+    return (KilledWorker,)
+
+
+def _end_workers(call_id: int, first_slot: int, n_chunks: int, progress: _RecordFile) -> str:
+    """End the worker processes (children of this process) still running this call."""
+    pids = set()
+    for i in range(n_chunks):
+        record = progress.read(first_slot + i)
+        if record is not None and record[0] == call_id and record[2] != _worker.DONE:
+            pids.add(record[1])
+    ours = [p for p in multiprocessing.active_children() if p.pid in pids]
+    for p in ours:
+        with contextlib.suppress(OSError, ValueError):
+            p.kill()
+    if ours:
+        return f"The {len(ours)} worker process(es) running them were ended."
+    if pids:
+        return "They run in threads or on other machines, which cannot be stopped from here."
+    return "No chunk of this call was still running."

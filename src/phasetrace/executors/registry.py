@@ -408,24 +408,27 @@ def get_strategy_factory(name: str) -> Factory:
     return factory
 
 
-def get_executor(name: str, n_workers: int | None = None, **options: Any) -> Executor:
-    """Build a ready executor of strategy ``name``.
+def get_executor(name: Any, n_workers: int | None = None, **options: Any) -> Executor:
+    """Build a ready executor of strategy ``name``, or adopt an executor you have.
 
     Parameters
     ----------
-    name : str
-        A registered strategy (see :func:`known_strategies`).
+    name : str or concurrent.futures.Executor
+        A registered strategy (see :func:`known_strategies`), or an executor object: a
+        phasetrace executor is returned as it is, any other object with ``submit`` (the
+        standard library's pools, loky's reusable executor, a Dask client's
+        ``get_executor()``, mpi4py's ``MPIPoolExecutor``) is wrapped in
+        :class:`~phasetrace.executors.adopted.AdoptedExecutor`, which never shuts it down.
     n_workers : int or None
-        Worker count, with joblib's ``n_jobs`` meaning (see
-        :func:`~phasetrace.executors.base.resolve_n_workers`); None is the strategy's
-        default.
+        Worker count (see :func:`~phasetrace.executors.base.resolve_n_workers`); None is
+        the strategy's default.
     **options
         Strategy options (``idle_timeout`` for the pools, ``address`` for dask, ...).
 
     Returns
     -------
     Executor
-        Use it as a context manager, or call ``close()``.
+        Use it as a context manager, or call ``shutdown()``.
 
     Raises
     ------
@@ -441,29 +444,51 @@ def get_executor(name: str, n_workers: int | None = None, **options: Any) -> Exe
     --------
     >>> from phasetrace.executors import work_items
     >>> with get_executor("sequential") as ex:
-    ...     ex.map(abs, work_items([-1, -2]))
+    ...     ex.map_items(abs, work_items([-1, -2]))
     [1, 2]
     """
+    if isinstance(name, Executor):
+        return name
+    if not isinstance(name, str):
+        from phasetrace.executors.adopted import AdoptedExecutor
+
+        return AdoptedExecutor(name, n_workers, **options)
     factory = get_strategy_factory(name)
     resolve_n_workers(n_workers)  # fail on a bad count before anything is built
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins and C callables have none
-        signature = None
-    if signature is not None:
-        try:
-            signature.bind(n_workers=n_workers, **options)
-        except TypeError as exc:
-            accepted = [
-                p.name
-                for p in signature.parameters.values()
-                if p.name != "n_workers" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-            ]
-            raise StrategyError(
-                f"strategy {name!r} does not accept these options ({exc}); it accepts: "
-                f"{', '.join(accepted) or 'no options'}"
-            ) from None
+    accepted = accepted_options(name)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        raise StrategyError(
+            f"strategy {name!r} does not accept the option(s) {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(sorted(accepted)) or 'no options'}"
+        )
     return factory(n_workers=n_workers, **options)
+
+
+def accepted_options(name: str) -> set[str] | None:
+    """Option names strategy ``name``'s factory takes (None: it takes any keyword).
+
+    The one place that reads factories' signatures (``get_executor`` and ``configure``
+    check options with it).
+
+    Examples
+    --------
+    >>> sorted(accepted_options("spawn"))
+    ['chunks_per_worker', 'idle_timeout', 'min_chunk_seconds']
+    """
+    factory = get_strategy_factory(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a C callable: nothing to check against
+        return None
+    names = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        delegate = getattr(factory, "forwards_options_to", None)
+        if delegate is None:
+            return None
+        more = accepted_options(delegate)
+        return None if more is None else names | more
+    return names - {"self", "n_workers"}
 
 
 def available_strategies() -> list[StrategyInfo]:

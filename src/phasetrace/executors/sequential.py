@@ -1,19 +1,21 @@
 """The ``sequential`` strategy: a plain loop in the calling process, the reference.
 
-Every other strategy must return what this one returns. Exceptions are wrapped the same
-way as in a worker (:class:`~phasetrace.errors.UnitFailedError` with the unit key), so
-switching strategies never changes what callers catch; here the ``__cause__`` is the
-original exception itself, with its live traceback.
+Every other strategy must return what this one returns. A unit's exception is re-raised
+as itself, with its live traceback and the unit's key in a note, as the process strategies
+do; ``sys.exit()`` in a unit becomes :class:`~phasetrace.errors.UnitFailedError` (it must
+not end the caller, and cannot in a worker either).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from phasetrace.errors import ExecutorTimeoutError, UnitFailedError
-from phasetrace.executors._worker import _format_tb, _safe_str, exc_type_name
+from phasetrace.executors._wire import with_unit_note
+from phasetrace.executors._worker import exc_type_name, format_tb, safe_str
 from phasetrace.executors.base import Executor, WorkItem
 
 
@@ -31,13 +33,13 @@ class SequentialExecutor(Executor):
     -----
     ``timeout`` is checked between units: a unit that runs long is not interrupted
     (nothing can stop Python code safely from outside in the same process), but no unit
-    starts after the deadline.
+    starts after the deadline. ``map`` runs lazily, one unit per result taken.
 
     Examples
     --------
     >>> from phasetrace.executors import work_items
     >>> with SequentialExecutor() as ex:
-    ...     ex.map(abs, work_items([-2, 3]))
+    ...     ex.map_items(abs, work_items([-2, 3]))
     [2, 3]
     """
 
@@ -51,29 +53,44 @@ class SequentialExecutor(Executor):
         super().__init__(n_workers)
         self.n_workers = 1
 
-    def map(
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        self._check_open()
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except SystemExit as exc:
+            future.set_exception(_wrapped(exc, "submit"))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    submit.__doc__ = Executor.submit.__doc__
+
+    def _start(
         self,
-        fn: Callable[[Any], Any],
-        items: Iterable[WorkItem],
+        fn: Callable[..., Any],
+        items: list[WorkItem],
         *,
-        timeout: float | None = None,
-    ) -> list:
-        items = self._start_map(fn, items, timeout)
+        timeout: float | None,
+        star: bool,
+        chunksize: int | None,
+    ) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        out = []
         for i, item in enumerate(items):
             if deadline is not None and i > 0 and time.monotonic() > deadline:
                 raise ExecutorTimeoutError(
-                    f"'sequential' map did not finish within {timeout} s: {len(items) - i} of "
+                    f"'sequential' run did not finish within {timeout} s: {len(items) - i} of "
                     f"{len(items)} units not started (the next was {item.key}); sequential "
                     "checks the timeout between units"
                 )
             try:
-                out.append(fn(item.payload))
-            except (Exception, SystemExit) as exc:
-                raise UnitFailedError(
-                    item.key, exc_type_name(exc), _safe_str(exc), _format_tb(exc)
-                ) from exc
-        return out
+                yield fn(*item.payload) if star else fn(item.payload)
+            except SystemExit as exc:
+                raise _wrapped(exc, item.key) from exc
+            except Exception as exc:
+                with_unit_note(exc, item.key, "strategy 'sequential', in this process")
+                raise
 
-    map.__doc__ = Executor.map.__doc__
+
+def _wrapped(exc: SystemExit, key: str) -> UnitFailedError:
+    return UnitFailedError(key, exc_type_name(exc), safe_str(exc), format_tb(exc, False))

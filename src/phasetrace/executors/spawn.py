@@ -1,35 +1,28 @@
 """The ``spawn`` strategy: the standard library's process pool with the spawn start method.
 
-Data flow: :class:`SpawnExecutor` owns one
-:class:`concurrent.futures.ProcessPoolExecutor` built on a *spawn* context (fresh
-interpreters; unlike ``multiprocessing.Pool``, a dead worker is reported as a broken pool
-instead of hanging). Chunks go through the shared machinery of ``_pool``. The pool is
-kept between calls and shut down by :meth:`~SpawnExecutor.close` or after
-``idle_timeout`` seconds without work; a broken, timed-out or interrupted pool is
-replaced on the next call.
+Data flow: :class:`SpawnExecutor` owns one :class:`concurrent.futures.ProcessPoolExecutor`
+built on ``multiprocessing.get_context("spawn")`` (fresh interpreters; unlike
+``multiprocessing.Pool``, a dead worker is reported as a broken pool instead of hanging).
+Chunks go through the shared machinery of ``_pool``. The pool is kept between calls and
+shut down by :meth:`~SpawnExecutor.shutdown` or after ``idle_timeout`` seconds without
+work; a broken, timed-out or interrupted pool is replaced on the next call.
 
-Two things differ from a bare ``ProcessPoolExecutor(mp_context=get_context("spawn"))``:
+As with any spawn-based pool, each worker imports your main script's module (as
+``__mp_main__``) before it runs anything: keep the script's work, and imports you do not
+want in every worker (JAX, say), under ``if __name__ == "__main__":``. The ``loky``
+strategy starts workers that do not import the main script.
 
-- **Workers do not re-run the main script.** The spawn start method normally imports
-  the parent's ``__main__`` module in each worker (as ``__mp_main__``), so a script that
-  imports JAX at its top would import JAX in every worker. While a worker is launched,
-  ``sys.modules["__main__"]`` is replaced by an empty module, so the preparation data
-  sent to the child names no main module. The swap lasts for the launch only (a few
-  milliseconds, under a lock). The price: functions defined in ``__main__`` cannot run
-  here (they are rejected with a message); use module-level functions or ``loky``.
-- **Workers watch their parent.** The initializer starts a daemon thread that ends the
-  worker within about a second of the parent's death (``os.getppid()`` changes), so a
-  SIGKILLed parent leaves no orphans.
+Workers watch their parent (:func:`_worker.init_worker`): a SIGKILLed parent leaves no
+orphans.
 """
 
 from __future__ import annotations
 
-import multiprocessing.context
-import os
+import logging
+import multiprocessing
 import signal
-import sys
 import threading
-import types
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from phasetrace.executors import _worker
@@ -37,32 +30,10 @@ from phasetrace.executors._pool import (
     CHUNKS_PER_WORKER,
     IDLE_TIMEOUT,
     MIN_CHUNK_SECONDS,
-    WATCH_INTERVAL,
     PooledExecutor,
-    kill_processes,
-    logger,
 )
 
-_main_swap_lock = threading.Lock()
-_EMPTY_MAIN = types.ModuleType("__main__")  # no __file__ and no __spec__: nothing to re-run
-
-
-class _NoMainSpawnProcess(multiprocessing.context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        # The preparation data (which names the main module to re-run) is computed inside
-        # Popen from sys.modules["__main__"]; hide the real one for that moment only.
-        with _main_swap_lock:
-            real_main = sys.modules["__main__"]
-            sys.modules["__main__"] = _EMPTY_MAIN
-            try:
-                return multiprocessing.context.SpawnProcess._Popen(process_obj)
-            finally:
-                sys.modules["__main__"] = real_main
-
-
-class _NoMainSpawnContext(multiprocessing.context.SpawnContext):
-    Process = _NoMainSpawnProcess
+logger = logging.getLogger("phasetrace.executors")
 
 
 class SpawnExecutor(PooledExecutor):
@@ -82,15 +53,13 @@ class SpawnExecutor(PooledExecutor):
     -----
     ``fn`` is pickled by reference, so it must be a module-level function of an
     importable module (``needs_picklable_fn``). A call that runs past ``timeout=``, or is
-    interrupted by Ctrl-C, kills the pool's workers (SIGKILL).
+    interrupted by Ctrl-C, ends the pool's workers (SIGKILL).
 
     Examples
     --------
-    >>> from phasetrace.executors import work_items
-    >>> from phasetrace.executors._testfns import square
     >>> with SpawnExecutor(n_workers=2) as ex:  # doctest: +SKIP
-    ...     ex.map(square, work_items([1, 2, 3]))
-    [1, 4, 9]
+    ...     list(ex.map(abs, [-1, -2, 3]))
+    [1, 2, 3]
     """
 
     name = "spawn"
@@ -111,53 +80,28 @@ class SpawnExecutor(PooledExecutor):
             min_chunk_seconds=min_chunk_seconds,
             chunks_per_worker=chunks_per_worker,
         )
-        self._pool: Any = None
         self._idle_timer: threading.Timer | None = None
         self._idle_token = 0
 
+    def _new_pool(self, initargs: tuple) -> Any:
+        return ProcessPoolExecutor(
+            max_workers=self.n_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker.init_worker,
+            initargs=initargs,
+        )
+
+    def _stop_pool(self, pool: Any, kill: bool, wait: bool) -> None:
+        if kill:  # the standard pool has no public way to end running workers: we do it
+            for p in self._workers().values():
+                p.kill()
+        pool.shutdown(wait=wait, cancel_futures=True)
+
     def _ensure_pool(self) -> Any:
         self._cancel_idle_timer()
-        pool = self._pool
-        if pool is not None and not pool._broken and not pool._shutdown_thread:
-            return pool
-        if pool is None:
-            reason = self._pending_reason or "first use"
-        elif pool._broken:
-            reason = self._pending_reason or f"the previous pool was broken ({pool._broken})"
-        else:
-            reason = self._pending_reason or "the previous pool was shut down"
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        from concurrent.futures import ProcessPoolExecutor
+        return super()._ensure_pool()
 
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.n_workers,
-            mp_context=_NoMainSpawnContext(),
-            initializer=_worker.init_worker,
-            initargs=(os.getpid(), WATCH_INTERVAL, dict(_worker.THREAD_LIMIT_ENV)),
-        )
-        self._note_rebuild(reason)
-        return self._pool
-
-    def _pool_processes(self, pool: Any) -> dict[int, Any]:
-        return dict(pool._processes or {})
-
-    def _kill_pool(self, pool: Any, reason: str) -> None:
-        processes = list((pool._processes or {}).values())
-        kill_processes(processes)
-        pool.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
-            p.join(timeout=2.0)  # reap them: no zombie outlives the call
-        self._pending_reason = reason
-        logger.info("spawn: killed the pool's workers: %s", reason)
-
-    def _run(self, *args: Any, **kwargs: Any) -> list:
-        try:
-            return super()._run(*args, **kwargs)
-        finally:
-            self._start_idle_timer()
-
-    def _start_idle_timer(self) -> None:
+    def _after_call(self) -> None:
         self._cancel_idle_timer()
         timer = threading.Timer(self.idle_timeout, self._close_if_idle, args=(self._idle_token,))
         timer.daemon = True
@@ -172,17 +116,16 @@ class SpawnExecutor(PooledExecutor):
 
     def _close_if_idle(self, token: int) -> None:
         with self._lock:  # waits out a running call, which cancels this timer
-            if token != self._idle_token or self._closed:
+            if token != self._idle_token or self._closed or self._pool is None:
                 return
             self._idle_timer = None
             pool, self._pool = self._pool, None
-            if pool is not None:
-                self._pending_reason = f"the previous pool was idle for {self.idle_timeout} s"
-                logger.debug("spawn: shutting down the idle pool")
-                pool.shutdown(wait=True)
+            self._broken = None
+            self._next_reason = f"the previous pool was idle for {self.idle_timeout} s"
+            logger.debug("spawn: shutting down the idle pool")
+            pool.shutdown(wait=True)
+            self._reap()
 
-    def _close_pool(self) -> None:
+    def _shutdown(self, wait: bool, cancel_futures: bool) -> None:
         self._cancel_idle_timer()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        super()._shutdown(wait, cancel_futures)

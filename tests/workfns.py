@@ -1,7 +1,8 @@
-"""Module-level work functions for tests and benchmarks of the executors.
+"""Module-level work functions for the executor tests: crashes, sleeps, exits, probes.
 
-They live in the package (not in ``tests/``) so that every worker can import them by
-reference, whatever its start method. Standard library only, like ``_worker``.
+Workers import this module by reference: the test session puts ``tests/`` on the import
+path of every process it starts (``conftest.py`` sets ``PYTHONPATH``), and spawned
+workers inherit the parent's ``sys.path``. Standard library only, like ``_worker``.
 """
 
 from __future__ import annotations
@@ -131,9 +132,30 @@ def nested_map(strategy: str) -> list:
     from phasetrace.executors import get_executor, work_items
 
     with get_executor(strategy, n_workers=1) as ex:
-        return ex.map(square, work_items([1, 2]))
+        return ex.map_items(square, work_items([1, 2]))
 
 
 def exit_via_sys_exit(code: int = 4) -> None:
     """Call ``sys.exit(code)`` (raises SystemExit: a unit failure, not a crash)."""
     sys.exit(code)
+
+
+class Unpicklable(Exception):
+    """An exception that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(_: Any = None) -> None:
+    """Raise an exception that cannot travel back to the parent."""
+    raise Unpicklable("cannot travel")
+
+
+def mark_then_sleep(payload: tuple[str, float]) -> float:
+    """Leave a file named after this process in ``directory``, then sleep ``ms``."""
+    directory, ms = payload
+    with open(os.path.join(directory, f"started-{os.getpid()}"), "w"):
+        pass
+    return sleep_ms(ms)
