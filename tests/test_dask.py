@@ -227,6 +227,15 @@ def test_identity_on_random_cyclic_graphs(cluster, graphs):
     assert [t.digest() for t in traces] == [_reference(g) for g in graphs]
 
 
+@quick
+@given(graphs=st.lists(cyclic_graphs(max_vertices=20), min_size=1, max_size=3))
+def test_a_clients_own_executor_is_adopted_and_gives_identical_traces(all_workers, graphs):
+    users = all_workers.client.get_executor()  # distributed's concurrent.futures executor
+    traces = compute_traces(graphs, strategy=users, cache=False, hierarchical=True)
+    assert [t.digest() for t in traces] == [_reference(g) for g in graphs]
+    assert all_workers.client.status == "running"  # phasetrace did not close it
+
+
 @pytest.mark.parametrize(
     "model",
     [lambda: pt.models.two_island(30), lambda: pt.models.random_graph(300, n_sccs=30, seed=3)],

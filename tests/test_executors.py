@@ -290,6 +290,30 @@ def test_loky_workers_do_not_import_jax_when_main_script_does(tmp_path):
     assert "spawn [True, True]" in out
 
 
+@pytest.mark.timeout(120)
+def test_spawn_refuses_a_main_script_read_from_stdin_and_loky_runs_it():
+    """spawn workers import the main script; from stdin there is none, and the stdlib's
+    workers would die before running anything ("exit status unknown")."""
+    script = textwrap.dedent(
+        """
+        import workfns as T
+        from phasetrace.errors import StrategyError
+        from phasetrace.executors import get_executor, work_items
+        try:
+            get_executor("spawn", n_workers=1).map_items(T.square, work_items([3]))
+        except StrategyError as exc:
+            print("spawn:", exc)
+        with get_executor("loky", n_workers=1) as ex:
+            print("loky:", ex.map_items(T.square, work_items([3])))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=100
+    )
+    assert "spawn: the 'spawn' strategy" in out.stdout and "'<stdin>' is not a file" in out.stdout
+    assert "loky: [9]" in out.stdout, out.stderr[-2000:]
+
+
 def test_loky_ships_lambdas():
     with get_executor("loky", n_workers=1) as ex:
         assert ex.map_items(lambda x: x + 1, work_items([1, 2])) == [2, 3]

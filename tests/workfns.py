@@ -159,3 +159,65 @@ def mark_then_sleep(payload: tuple[str, float]) -> float:
     with open(os.path.join(directory, f"started-{os.getpid()}"), "w"):
         pass
     return sleep_ms(ms)
+
+
+# -- objects that misbehave while they are pickled or unpickled (the crash matrix) ----------
+
+
+def act(action: str) -> None:
+    """Do ``action``: ``"segfault"``, ``"exit"`` (``os._exit(7)``) or ``"raise"`` (ValueError)."""
+    if action == "segfault":
+        segfault()
+    elif action == "exit":
+        exit_now(7)
+    elif action == "raise":
+        raise ValueError(f"{action} requested while (un)pickling")
+    else:
+        raise KeyError(f"unknown action {action!r}")
+
+
+class ActAtPickle:
+    """Pickling this object does ``action`` (in the process that pickles it)."""
+
+    def __init__(self, action: str):
+        self.action = action
+
+    def __reduce__(self):
+        act(self.action)
+        return (ActAtPickle, (self.action,))
+
+
+class ActAtUnpickle:
+    """Unpickling this object does ``action`` (in the process that unpickles it)."""
+
+    def __init__(self, action: str):
+        self.action = action
+
+    def __reduce__(self):
+        return (act, (self.action,))
+
+
+def make_act_at_pickle(action: str) -> ActAtPickle:
+    """Return an object whose pickling, in this worker, does ``action``."""
+    return ActAtPickle(action)
+
+
+def make_act_at_unpickle(action: str) -> ActAtUnpickle:
+    """Return an object whose unpickling, in the parent, does ``action``."""
+    return ActAtUnpickle(action)
+
+
+def worker_only_object(_: Any = None) -> Any:
+    """Return an instance of a class from a module that exists only in this worker, so
+    the parent cannot unpickle it."""
+    import importlib.machinery
+    import types
+
+    name = "phasetrace_crash_matrix_worker_only"
+    module = sys.modules.get(name)
+    if module is None:
+        module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        exec("class WorkerOnly:\n    pass\n", module.__dict__)
+        sys.modules[name] = module
+    return module.WorkerOnly()

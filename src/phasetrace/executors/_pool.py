@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -199,6 +200,27 @@ class _RecordFile:
         data = os.pread(self._fd, size, slot * size)
         return _worker.PROGRESS_RECORD.unpack(data) if len(data) == size else None
 
+    def in_flight(
+        self, first_slot: int, call_id: int, chunks: Sequence[tuple[int, int]], items: Sequence[Any]
+    ) -> list[tuple[list[Any], int, bool]]:
+        """What the workers were doing for one call, from its progress records.
+
+        Returns ``(units, worker pid, loading)`` per chunk a worker had started and not
+        finished: one unit it was running (or pickling the result of), or, with
+        ``loading`` True, every unit of a chunk it was still unpickling.
+        """
+        found = []
+        for i, (a, b) in enumerate(chunks):
+            record = self.read(first_slot + i)
+            if record is None or record[0] != call_id or record[1] == 0:
+                continue
+            _, pid, position = record
+            if position == _worker.LOADING:
+                found.append((list(items[a:b]), pid, True))
+            elif 1 <= position <= b - a:
+                found.append(([items[a + position - 1]], pid, False))
+        return found
+
     def pids(self) -> set[int]:
         """The worker pids a registry file lists."""
         if self._fd is None:
@@ -214,6 +236,34 @@ class _RecordFile:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
             self.path = None
+
+
+def check_spawn_main(strategy: str) -> None:
+    """Refuse a main module that spawn-started workers could not import.
+
+    multiprocessing's spawn makes each worker import the parent's main script from its
+    ``__file__``; a script read from standard input (``__file__ == "<stdin>"``) cannot be,
+    and every worker would die before running anything. Interactive sessions and
+    ``python -c`` have no ``__file__`` and are fine.
+    """
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None or os.path.exists(path):
+        return
+    raise StrategyError(
+        f"the {strategy!r} strategy starts workers with multiprocessing's spawn, which "
+        f"imports the main script, and {path!r} is not a file (a script read from standard "
+        "input?). Save the script to a file, or use strategy='loky', whose workers do not "
+        "import it."
+    )
+
+
+def doing(units: Sequence[Any], loading: bool) -> str:
+    """What a worker was doing when it died, for error messages."""
+    more = f" and {len(units) - 5} more" if len(units) > 5 else ""
+    keys = ", ".join(u.key for u in units[:5]) + more
+    if loading:
+        return f"while unpickling the chunk of unit(s) {keys} (the function or a payload)"
+    return f"while running unit {keys} (or pickling its result)"
 
 
 def exit_description(code: int | None) -> str:
@@ -525,17 +575,9 @@ class PooledExecutor(Executor):
         return f"strategy {self.name!r}, in a worker process"
 
     # -- diagnosis --------------------------------------------------------------------------------
-    def _in_flight(self, call: _Call, chunks, items) -> list[tuple[WorkItem, int]]:
-        """(item, pid) of each unit that a worker had started and not finished."""
-        running = []
-        for i, (a, b) in enumerate(chunks):
-            record = self._progress.read(call.first_slot + i)
-            if record is None:
-                continue
-            rec_call, pid, position = record
-            if rec_call == call.id and 1 <= position <= b - a:
-                running.append((items[a + position - 1], pid))
-        return running
+    def _in_flight(self, call: _Call, chunks, items) -> list[tuple[list[WorkItem], int, bool]]:
+        """``(units, pid, loading)`` per chunk a worker had started and not finished."""
+        return self._progress.in_flight(call.first_slot, call.id, chunks, items)
 
     def _crashed(self, call: _Call, chunks, items) -> WorkerCrashedError:
         # Evidence on which worker crashed, strongest first: its exit status is not the
@@ -544,9 +586,9 @@ class PooledExecutor(Executor):
         procs = dict(self._workers())
         dead_at_once = {pid for pid, p in procs.items() if _exitcode(p) is not None}
         in_flight = self._in_flight(call, chunks, items)
-        codes = _wait_exitcodes({pid: procs[pid] for _, pid in in_flight if pid in procs}, 2.0)
+        codes = _wait_exitcodes({pid: procs[pid] for _, pid, _ in in_flight if pid in procs}, 2.0)
         codes.update({pid: _exitcode(p) for pid, p in procs.items() if pid not in codes})
-        running = [(item, pid, codes.get(pid)) for item, pid in in_flight]
+        running = [(units, pid, loading, codes.get(pid)) for units, pid, loading in in_flight]
 
         def rank(pid: int, code: int | None) -> int:
             own_kill = code is None or code == -self._pool_kill_signal
@@ -562,30 +604,31 @@ class PooledExecutor(Executor):
                 key=None,
                 exitcode=seen[0] if seen else None,
             )
-        best = min(rank(pid, code) for _, pid, code in running)
-        top = [r for r in running if rank(r[1], r[2]) == best]
+        best = min(rank(pid, code) for _, pid, _, code in running)
+        top = [r for r in running if rank(r[1], r[3]) == best]
         if len(top) == 1:
-            item, pid, code = top[0]
-            others = [r[0].key for r in running if r is not top[0]]
+            units, pid, loading, code = top[0]
+            others = [u.key for r in running if r is not top[0] for u in r[0]]
             also = (
                 f" Also running, and cancelled with the pool: {', '.join(others)}."
                 if others
                 else ""
             )
             return WorkerCrashedError(
-                f"worker process {pid} died ({exit_description(code)}) while running unit "
-                f"{item.key}.{also} {_CRASH_HINT}",
-                key=item.key,
+                f"worker process {pid} died ({exit_description(code)}) "
+                f"{doing(units, loading)}.{also} {_CRASH_HINT}",
+                key=units[0].key if len(units) == 1 else None,
                 exitcode=code,
             )
-        listing = ", ".join(
-            f"{item.key} (pid {pid}, {exit_description(code)})" for item, pid, code in running
+        listing = "; ".join(
+            f"{doing(units, loading)} (pid {pid}, {exit_description(code)})"
+            for units, pid, loading, code in running
         )
         return WorkerCrashedError(
-            f"a worker process died while running one of these units: {listing}. The pool "
-            f"ended all of them, so which one crashed cannot be told apart. {_CRASH_HINT}",
+            f"a worker process died, one of these: {listing}. The pool ended all of them, so "
+            f"which one crashed cannot be told apart. {_CRASH_HINT}",
             key=None,
-            exitcode=top[0][2],
+            exitcode=top[0][3],
         )
 
     def _timed_out(self, call: _Call, chunks, items, timeout) -> ExecutorTimeoutError:
@@ -598,7 +641,7 @@ class PooledExecutor(Executor):
             elif record[2] != _worker.DONE:
                 unfinished += b - a - max(0, record[2] - 1)
         self._kill(f"the previous call ran past its timeout of {timeout} s")
-        keys = ", ".join(item.key for item, _ in running) or "none started"
+        keys = ", ".join(u.key for units, _, _ in running for u in units) or "none started"
         return ExecutorTimeoutError(
             f"{self.name!r} run did not finish within {timeout} s: {unfinished} of "
             f"{len(items)} units unfinished; running when stopped: {keys}. Its workers were "

@@ -39,8 +39,11 @@ UNPICKLABLE_RESULT = 2
 CHUNK_OK = "ok"
 CHUNK_LOAD_FAILED = "load-failed"
 
-#: One progress record: call id, worker pid, position of the running item + 1 (or DONE).
+#: One progress record: call id, worker pid, position of the running item + 1, or LOADING
+#: while the chunk is being unpickled, or DONE. The running item's result is pickled
+#: before the position moves on, so a crash while pickling it names that item.
 PROGRESS_RECORD = struct.Struct("<qqq")
+LOADING = 0
 DONE = -1
 
 #: Thread caps for BLAS/OpenMP libraries: each worker is one CPU's worth of work, so
@@ -133,11 +136,15 @@ def run_chunk(
     keyed_payloads: Sequence[tuple[str, Any]],
     progress: tuple[str, int, int] | None = None,
     star: bool = False,
+    pickle_results: bool = False,
 ) -> list[tuple]:
     """Run ``fn`` on each payload (``fn(*payload)`` with ``star``); one outcome per item.
 
     Returns ``(OK, result)`` or ``(RAISED, type name, message, formatted traceback,
     pickled exception or None)`` per item. One failing item does not stop the others.
+    With ``pickle_results``, each result is pickled as soon as it is computed
+    (``(OK, bytes)``, or ``UNPICKLABLE_RESULT``), while the progress record still names
+    its item.
 
     Examples
     --------
@@ -154,9 +161,10 @@ def run_chunk(
         if mark is not None:
             mark(position + 1)
         try:
-            out.append((OK, fn(*payload) if star else fn(payload)))
+            outcome = (OK, fn(*payload) if star else fn(payload))
         except (Exception, SystemExit) as exc:  # sys.exit() in a unit is its failure too
-            out.append(_failure(exc))
+            outcome = _failure(exc)
+        out.append(_pickled_outcome(outcome) if pickle_results else outcome)
     if mark is not None:
         mark(DONE)
     return out
@@ -181,13 +189,16 @@ def run_pickled_chunk(blob: bytes, progress: tuple[str, int, int] | None = None)
     when the blob cannot be unpickled here (a class or function the worker cannot
     import), ``(CHUNK_LOAD_FAILED, type name, message, traceback)``.
     """
+    mark = _progress_marker(progress)
+    if mark is not None:
+        mark(LOADING)  # a crash while unpickling is then blamed on this chunk's units
     try:
         fn, star, keyed_payloads, parent_pid = pickle.loads(blob)
     except Exception as exc:
         return pickle.dumps((CHUNK_LOAD_FAILED, *_failure(exc)[1:4]), protocol=_PROTOCOL)
     if parent_pid is not None:
         watch_parent(parent_pid)
-    outcomes = [_pickled_outcome(o) for o in run_chunk(fn, keyed_payloads, progress, star)]
+    outcomes = run_chunk(fn, keyed_payloads, progress, star, pickle_results=True)
     return pickle.dumps((CHUNK_OK, outcomes), protocol=_PROTOCOL)
 
 

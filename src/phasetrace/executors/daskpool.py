@@ -68,7 +68,7 @@ from phasetrace.errors import (
     WorkerCrashedError,
 )
 from phasetrace.executors import _wire, _worker
-from phasetrace.executors._pool import CHUNKS_PER_WORKER, plan_chunks
+from phasetrace.executors._pool import CHUNKS_PER_WORKER, check_spawn_main, plan_chunks
 from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem
 
 logger = logging.getLogger("phasetrace.executors")
@@ -322,6 +322,8 @@ class DaskExecutor(Executor):
     def _start_cluster(self) -> Any:
         from distributed import Client, LocalCluster
 
+        if self.processes:
+            check_spawn_main(self.name)
         reason = self._pending_reason or "first use"
         kwargs: dict[str, Any] = {
             "n_workers": self.n_workers,

@@ -45,6 +45,7 @@ from phasetrace.executors._pool import (
     MIN_CHUNK_SECONDS,
     _RecordFile,
     check_pool_options,
+    doing,
     plan_chunks,
 )
 from phasetrace.executors.base import Executor, WorkItem
@@ -205,18 +206,9 @@ class JoblibExecutor(Executor):
 
     def _running(
         self, chunks: list[tuple[int, int]], items: list[WorkItem], call_id: int, first_slot: int
-    ) -> tuple[list[WorkItem], list[WorkItem]]:
-        """(units that were running, units of chunks that never reported) for this call."""
-        running, unknown = [], []
-        for i, (a, b) in enumerate(chunks):
-            record = self._progress.read(first_slot + i)
-            if record is None or record[0] != call_id:
-                unknown.extend(items[a:b])
-                continue
-            position = record[2]
-            if 1 <= position <= b - a:
-                running.append(items[a + position - 1])
-        return running, unknown
+    ) -> list[tuple[list[WorkItem], int, bool]]:
+        """``(units, pid, loading)`` per chunk of this call started and not finished."""
+        return self._progress.in_flight(first_slot, call_id, chunks, items)
 
     def _map_error(
         self,
@@ -229,26 +221,28 @@ class JoblibExecutor(Executor):
     ) -> BaseException | None:
         """joblib's and the backends' errors → ours (None: re-raise as it is)."""
         if isinstance(exc, (BrokenProcessPool, *_killed_worker_type())):
-            running, unknown = self._running(chunks, items, call_id, first_slot)
+            running = self._running(chunks, items, call_id, first_slot)
             if len(running) == 1:
-                what, key = f"unit {running[0].key}", running[0].key
+                units, _, loading = running[0]
+                what = doing(units, loading)
+                key = units[0].key if len(units) == 1 else None
             elif running:
-                what, key = "one of the units " + ", ".join(it.key for it in running), None
+                what = "; or ".join(doing(units, loading) for units, _, loading in running)
+                key = None
             else:
-                shown = ", ".join(it.key for it in unknown[:5])
-                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-                what, key = f"one of the units {shown}{more} (no progress records)", None
+                shown = ", ".join(items[a].key for a, _ in chunks[:5])
+                what, key = f"before starting any unit of this call (first units {shown})", None
             return WorkerCrashedError(
-                f"a joblib worker ({self.last_backend}) died while running {what} "
+                f"a joblib worker ({self.last_backend}) died {what} "
                 f"({type(exc).__name__}: {exc}). Likely causes: a segmentation fault in "
                 "compiled code, the out-of-memory killer, or os._exit() in the unit; the "
                 "backend's next call starts fresh workers.",
                 key=key,
             )
         if isinstance(exc, TimeoutError | multiprocessing.TimeoutError):  # joblib uses the latter
-            running, _ = self._running(chunks, items, call_id, first_slot)
+            running = self._running(chunks, items, call_id, first_slot)
             ended = _end_workers(call_id, first_slot, len(chunks), self._progress)
-            keys = ", ".join(it.key for it in running) or "none"
+            keys = ", ".join(u.key for units, _, _ in running for u in units) or "none"
             return ExecutorTimeoutError(
                 f"'joblib' run did not finish within {timeout} s; running when stopped: "
                 f"{keys}. {ended}"

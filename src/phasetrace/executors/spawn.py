@@ -31,6 +31,7 @@ from phasetrace.executors._pool import (
     IDLE_TIMEOUT,
     MIN_CHUNK_SECONDS,
     PooledExecutor,
+    check_spawn_main,
 )
 
 logger = logging.getLogger("phasetrace.executors")
@@ -84,6 +85,7 @@ class SpawnExecutor(PooledExecutor):
         self._idle_token = 0
 
     def _new_pool(self, initargs: tuple) -> Any:
+        check_spawn_main(self.name)
         return ProcessPoolExecutor(
             max_workers=self.n_workers,
             mp_context=multiprocessing.get_context("spawn"),
