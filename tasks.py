@@ -3,9 +3,12 @@
 
     python3 tasks.py demo    # record and evaluate a two-island model (installs into .venv)
     python3 tasks.py test    # the whole test suite (installs the test extras into .venv)
+    python3 tasks.py test-minimum  # the suite against the oldest versions pyproject allows
 
-Both create ``.venv`` next to this file if it is missing and reinstall only when
-``pyproject.toml`` changed. Extra arguments after ``test`` go to pytest.
+``demo`` and ``test`` create ``.venv`` next to this file if it is missing and reinstall
+only when ``pyproject.toml`` changed. ``test-minimum`` does the same in ``.venv-min`` with
+every dependency pinned by ``constraints/minimum.txt`` to the lower bound in pyproject.
+Extra arguments after ``test`` or ``test-minimum`` go to pytest.
 """
 
 from __future__ import annotations
@@ -18,30 +21,40 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
 EXTRAS = {"demo": "", "test": "[test,jax,dask,joblib,bench]"}
+EXTRAS["test-minimum"] = EXTRAS["test"]
+MINIMUM = ROOT / "constraints" / "minimum.txt"
 
 
-def python() -> Path:
+def venv_dir(task: str) -> Path:
+    return ROOT / (".venv-min" if task == "test-minimum" else ".venv")
+
+
+def python(task: str) -> Path:
     sub = "Scripts/python.exe" if os.name == "nt" else "bin/python"
-    return VENV / sub
+    return venv_dir(task) / sub
 
 
 def ensure_env(task: str) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 (this script may be run by an older python3)
         sys.exit(f"phasetrace needs Python 3.11 or newer; this is {sys.version.split()[0]}")
-    if not python().exists():
-        print(f"creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+    env_dir = venv_dir(task)
+    if not python(task).exists():
+        print(f"creating {env_dir}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(env_dir)
     extras = EXTRAS[task]
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
-    stamp = VENV / f".installed-{task}"
+    constraints = ["-c", str(MINIMUM)] if task == "test-minimum" else []
+    inputs = (ROOT / "pyproject.toml").read_bytes() + extras.encode()
+    if constraints:
+        inputs += MINIMUM.read_bytes()
+    digest = hashlib.sha256(inputs).hexdigest()
+    stamp = env_dir / f".installed-{task}"
     if stamp.exists() and stamp.read_text() == digest:
         return
-    print(f"installing phasetrace{extras} into {VENV}", flush=True)
-    pip = [str(python()), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    print(f"installing phasetrace{extras} into {env_dir}", flush=True)
+    pip = [str(python(task)), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}{extras}"], check=True)
+    subprocess.run([*pip, *constraints, "-e", f"{ROOT}{extras}"], check=True)
     stamp.write_text(digest)
 
 
@@ -52,9 +65,9 @@ def main(argv: list[str]) -> int:
     task, rest = argv[0], argv[1:]
     ensure_env(task)
     if task == "demo":
-        cmd = [str(python()), "-m", "phasetrace.demo", *rest]
+        cmd = [str(python(task)), "-m", "phasetrace.demo", *rest]
     else:
-        cmd = [str(python()), "-m", "pytest", *rest]
+        cmd = [str(python(task)), "-m", "pytest", *rest]
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 

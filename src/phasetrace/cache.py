@@ -89,6 +89,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import stat
 import struct
 import sys
 import tempfile
@@ -412,7 +414,9 @@ def decode_entry(data: bytes, key: str) -> Arrays:
 
 
 def _warn(message: str) -> None:
-    _log.warning("%s", message)
+    # One report, not two: the warning is what users see (and can filter); the log
+    # record is for --debug runs.
+    _log.debug("%s", message)
     warnings.warn(message, CacheWarning, stacklevel=4)
 
 
@@ -536,6 +540,10 @@ class _FileStat:
     mtime: float
 
 
+#: Errors of one entry's path (a directory or file in the way), not of the whole store.
+_ENTRY_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY})
+
+
 class DiskCache:
     """A content-addressed directory of verified, atomically written entries.
 
@@ -582,6 +590,7 @@ class DiskCache:
         self._approx_bytes: int | None = None  # None: not scanned yet
         self._puts_since_scan = 0
         self._read_warned = False
+        self._obstacle_warned = False
 
     def __repr__(self) -> str:
         state = f", disabled={self.disabled_reason!r}" if self.disabled else ""
@@ -616,9 +625,11 @@ class DiskCache:
         """Return (arrays or None, whether a corrupt entry was found and dropped)."""
         path = self.path_for(key)
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = _read_regular_file(path)
         except (FileNotFoundError, NotADirectoryError):
+            return None, False
+        except _NotAnEntry as exc:
+            _warn(f"ignored {path}: {exc}; `phasetrace cache clear` removes it")
             return None, False
         except OSError as exc:
             self._warn_read_once(path, exc)
@@ -661,10 +672,14 @@ class DiskCache:
         data = encode_entry(key, arrays)  # validates first, even when disabled
         if self.disabled or len(data) > self.max_bytes:
             return
+        path = self.path_for(key)
         try:
-            self._write_atomic(self.path_for(key), data)
+            self._write_atomic(path, data)
         except OSError as exc:
-            self._disable(exc)
+            if exc.errno in _ENTRY_ERRNOS:  # something else sits where the entry goes
+                self._skip_entry(path, exc)
+            else:
+                self._disable(exc)
             return
         self._account(len(data))
 
@@ -694,6 +709,15 @@ class DiskCache:
             if os.name == "nt" and isinstance(exc, PermissionError) and path.is_file():
                 return
             raise
+
+    def _skip_entry(self, path: Path, exc: OSError) -> None:
+        with self._lock:
+            warned, self._obstacle_warned = self._obstacle_warned, True
+        if not warned:
+            _warn(
+                f"cannot store cache entry {path} ({exc.strerror}): something that is not a "
+                "cache entry is in the way; `phasetrace cache clear` removes it"
+            )
 
     def _disable(self, exc: OSError) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -725,26 +749,63 @@ class DiskCache:
     # ---- maintenance
 
     def _scan(self) -> tuple[list[_FileStat], list[_FileStat]]:
-        """List (entry files, temp files) with size and mtime; vanished files are skipped."""
+        """List (entry files, temp files) with size and mtime; vanished files are skipped.
+
+        Symbolic links are never followed: a shard that is a link is not entered, and an
+        entry or temp file that is a link (or a directory) is listed by :meth:`_junk`, so
+        nothing outside the cache directory is read, counted or deleted.
+        """
         entries: list[_FileStat] = []
         temps: list[_FileStat] = []
-        try:
-            shards = [d for d in os.scandir(self.directory) if _SHARD_RE.fullmatch(d.name)]
-        except OSError:
-            return entries, temps
-        for shard in shards:
-            with contextlib.suppress(OSError):
-                for item in os.scandir(shard.path):
-                    is_entry = _KEY_RE.fullmatch(item.name) and item.name[:2] == shard.name
-                    if not is_entry and not item.name.startswith(_TMP_PREFIX):
-                        continue
-                    try:
-                        st = item.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    stat = _FileStat(Path(item.path), st.st_size, st.st_mtime)
-                    (entries if is_entry else temps).append(stat)
+        for item, is_entry in self._named_items():
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not item.is_file(follow_symlinks=False):
+                continue
+            stat = _FileStat(Path(item.path), st.st_size, st.st_mtime)
+            (entries if is_entry else temps).append(stat)
         return entries, temps
+
+    def _named_items(self):
+        """``(DirEntry, is_entry)`` for items named like entries or temp files, in real shard
+        directories (not links to directories)."""
+        try:
+            shards = [
+                d
+                for d in os.scandir(self.directory)
+                if _SHARD_RE.fullmatch(d.name) and d.is_dir(follow_symlinks=False)
+            ]
+        except OSError:
+            return
+        for shard in shards:
+            try:
+                items = list(os.scandir(shard.path))
+            except OSError:
+                continue
+            for item in items:
+                is_entry = bool(_KEY_RE.fullmatch(item.name)) and item.name[:2] == shard.name
+                if is_entry or item.name.startswith(_TMP_PREFIX):
+                    yield item, is_entry
+
+    def _junk(self) -> list[Path]:
+        """Items named like entries that are not regular files (directories, links),
+        and shard names that are not real directories (links, files)."""
+        junk = [
+            Path(item.path)
+            for item, _ in self._named_items()
+            if not item.is_file(follow_symlinks=False)
+        ]
+        with contextlib.suppress(OSError):
+            for d in os.scandir(self.directory):
+                if _SHARD_RE.fullmatch(d.name) and not d.is_dir(follow_symlinks=False):
+                    junk.append(Path(d.path))
+        return junk
+
+    def keys(self) -> list[str]:
+        """The keys of the entries on disk (a full scan), sorted."""
+        return sorted(f.path.name for f in self._scan()[0])
 
     def info(self) -> CacheInfo:
         """Return a :class:`CacheInfo` from a full scan of the directory."""
@@ -800,18 +861,74 @@ class DiskCache:
             self._approx_bytes = total
         return freed
 
-    def clear(self) -> None:
-        """Delete every entry, stale temp files and empty shard directories.
+    def clear(self) -> list[tuple[Path, str]]:
+        """Delete every entry, stale temp files, empty shard directories, and anything
+        named like an entry or a shard that is not one (a directory, a symbolic link:
+        the link itself is removed, never what it points to).
 
         Temp files younger than an hour are left alone: they may be another
         process's write in progress.
+
+        Returns
+        -------
+        list of (Path, str)
+            What could not be removed, and why (empty when the cache is clear).
         """
+        failures: list[tuple[Path, str]] = []
+        for junk in self._junk():
+            if (why := _remove_tree(junk)) is not None:
+                failures.append((junk, why))
         self.prune(0)
+        for entry in self._scan()[0]:
+            try:
+                entry.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failures.append((entry.path, exc.strerror or str(exc)))
         with contextlib.suppress(OSError):
             for shard in os.scandir(self.directory):
                 if _SHARD_RE.fullmatch(shard.name) and shard.is_dir(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.rmdir(shard.path)  # fails, as meant, when not empty
+        return failures
+
+
+class _NotAnEntry(Exception):
+    pass
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file, never following a symbolic link
+    (a link to ``/dev/zero`` or to a file outside the cache is not read)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotAnEntry("a symbolic link, not a cache entry") from None
+        if exc.errno == errno.EISDIR:
+            raise _NotAnEntry("a directory, not a cache entry") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise _NotAnEntry("not a regular file")
+        return fh.read()
+
+
+def _remove_tree(path: Path) -> str | None:
+    """Remove a link, file or directory tree inside the cache without following links;
+    return why it could not be removed, or None."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # rmtree does not follow symbolic links inside the tree
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _unlink(path: Path) -> bool | None:

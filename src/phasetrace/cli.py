@@ -7,7 +7,7 @@ Subcommands (``phasetrace COMMAND --help`` for each)::
     phasetrace moments TRACE --thetas thetas.csv [-k 3] > moments.csv
     phasetrace states TRACE
     phasetrace strategies
-    phasetrace cache info | clear | prune [--max-size 1G]
+    phasetrace cache info | clear | prune [--max-size 1G] | verify [--recompute N]
     phasetrace bench [--quick] [--out DIR]
 
 MODEL is a built-in model with ``key=value`` arguments (``two_island:n=50``,
@@ -637,6 +637,12 @@ def _disk_cache(args: argparse.Namespace):
 def _cmd_cache(args: argparse.Namespace) -> int:
     if args.max_size and args.action != "prune":
         raise CLIError(f"--max-size applies to 'cache prune', not 'cache {args.action}'")
+    if args.recompute is not None and args.action != "verify":
+        raise CLIError(f"--recompute applies to 'cache verify', not 'cache {args.action}'")
+    if args.recompute is not None and args.recompute < 0:
+        raise CLIError(f"--recompute must be 0 (all entries) or more, got {args.recompute}")
+    if args.recompute is None:
+        args.recompute = 20
     max_bytes = parse_size(args.max_size) if args.max_size else None  # fail before any I/O
     cache = _disk_cache(args)
     before = cache.info()
@@ -649,9 +655,10 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             f"(pruned automatically above {format_size(before.max_bytes)})"
         )
         return 0
-    if args.action == "clear":
-        cache.clear()
-    else:
+    if args.action == "verify":
+        return _cmd_verify(cache, args.recompute)
+    failures = cache.clear() if args.action == "clear" else []
+    if args.action == "prune":
         cache.prune(max_bytes)
     after = cache.info()
     removed = before.entries - after.entries
@@ -660,7 +667,25 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({format_size(freed)}) "
         f"from {cache.directory}; {after.entries} left ({format_size(after.total_bytes)})"
     )
+    if failures:
+        path, why = failures[0]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise CLIError(f"could not remove {path}: {why}{more}")
     return 0
+
+
+def _cmd_verify(cache, recompute: int) -> int:
+    from phasetrace.verify import verify_cache
+
+    report = verify_cache(cache.directory, sample=recompute or None)
+    print(
+        f"re-recorded {report.checked} of {report.entries} entries in {cache.directory}: "
+        f"{report.verified} identical, {len(report.bad)} bad (deleted), "
+        f"{report.unverifiable} without their input (older entries, left alone)"
+    )
+    for path, why in report.bad:
+        print(f"  bad: {path}: {why}")
+    return 0 if report.ok else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -774,16 +799,24 @@ def _add_cache(sub, common) -> None:
     p = _subparser(
         sub,
         "cache",
-        "show, clear or prune the on-disk trace cache",
+        "show, clear, prune or verify the on-disk trace cache",
         "The trace cache directory: PHASETRACE_CACHE_DIR, else $XDG_CACHE_HOME/phasetrace,\n"
         "else the platform's user cache directory (~/.cache/phasetrace on Linux).\n\n"
         "examples:\n"
         "  phasetrace cache info\n"
         "  phasetrace cache prune --max-size 500M   # least recently used entries go first\n"
-        "  phasetrace cache clear",
+        "  phasetrace cache clear\n"
+        "  phasetrace cache verify --recompute 50   # re-record 50 entries, compare bit for bit",
         common,
     )
-    p.add_argument("action", choices=("info", "clear", "prune"), help="what to do")
+    p.add_argument("action", choices=("info", "clear", "prune", "verify"), help="what to do")
+    p.add_argument(
+        "--recompute",
+        metavar="N",
+        type=int,
+        help="verify: re-record N randomly chosen entries and compare them bit for bit "
+        "(default 20; 0 = all)",
+    )
     p.add_argument(
         "--max-size",
         metavar="SIZE",

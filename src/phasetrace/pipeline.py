@@ -37,6 +37,7 @@ from .executors.base import WorkItem
 from .graph import Graph
 from .scc import Decomposition, WorkUnit, decompose
 from .settings import UNSET, Settings, get_executor_for, resolve
+from .structure import check_trace_matches_graph, check_unit_arrays
 from .trace import Trace, stitch
 
 logger = logging.getLogger("phasetrace.pipeline")
@@ -288,7 +289,9 @@ def _whole_traces(graphs, store: TraceCache, settings: Settings, stats: RunStats
             continue
         try:
             traces[i] = Trace(hit[0], _copy=False)
+            check_trace_matches_graph(traces[i], graph)
         except TraceFormatError as exc:
+            traces[i] = None
             store.discard(keys[i], f"not a whole trace ({exc})")
             continue
         _traces[graph] = (graph._version, traces[i])
@@ -307,6 +310,9 @@ def _store_whole(store: TraceCache, settings: Settings, done) -> None:
 def _store_all(store: TraceCache, items, recorded, stats: RunStats) -> None:
     with _timed(stats, "store"):
         for item, arrays in zip(items, recorded, strict=True):
+            kind, payload = item.payload
+            if kind == "unit":  # the input travels with the entry: `cache verify` re-records it
+                arrays = {**arrays, UNIT_INPUT: np.frombuffer(payload, dtype=np.uint8)}
             store.put(item.key, arrays)
 
 
@@ -323,6 +329,10 @@ class _GraphPlan:
         if self.decomposition is None:
             return Trace(results[self.keys[0]])
         return stitch(self.decomposition, [results[k] for k in self.keys])
+
+
+#: Name of the array holding a unit entry's input (``WorkUnit.to_bytes()``) in the cache.
+UNIT_INPUT = "unit_bytes"
 
 
 def _cache_key(kind: bytes, payload: bytes) -> str:
@@ -388,6 +398,8 @@ def _lookup(store: TraceCache, items, results, stats: RunStats) -> list[WorkItem
     missing = []
     for it in items:
         hit = store.get(it.key)
+        if hit is not None and hit[1] == "disk" and not _well_formed(store, it, hit[0]):
+            hit = None
         if hit is None:
             missing.append(WorkItem(len(missing), it.key, it.payload, it.cost))
             continue
@@ -398,6 +410,24 @@ def _lookup(store: TraceCache, items, results, stats: RunStats) -> list[WorkItem
         else:
             stats.from_disk += 1
     return missing
+
+
+def _well_formed(store: TraceCache, item: WorkItem, arrays) -> bool:
+    """Whether a disk entry is well formed for the item it is keyed by; drops it if not.
+
+    A checksum only proves the file is what was written; this proves the kernel can read
+    it (``phasetrace.structure``). It does not prove the entry is the recorder's output.
+    """
+    kind, payload = item.payload
+    try:
+        if kind == "unit":
+            check_unit_arrays(arrays, WorkUnit.from_bytes(payload))
+        else:
+            check_trace_matches_graph(Trace(arrays, _copy=False), Graph.from_json(payload))
+    except TraceFormatError as exc:
+        store.discard(item.key, str(exc))
+        return False
+    return True
 
 
 # -- recording ---------------------------------------------------------------------------------

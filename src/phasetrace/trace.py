@@ -35,6 +35,7 @@ from .ops import (
     VERTEX_TRANSIENT,
 )
 from .scc import Decomposition
+from .structure import check_trace_arrays
 
 
 class Trace:
@@ -53,7 +54,7 @@ class Trace:
     [1.5, 3.388889]
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], *, _copy: bool = True):
+    def __init__(self, arrays: dict[str, np.ndarray], *, _copy: bool = True, _check: bool = True):
         missing = set(TRACE_ARRAYS) - set(arrays)
         if missing:
             raise TraceFormatError(f"trace arrays missing: {sorted(missing)}")
@@ -61,9 +62,12 @@ class Trace:
         for name, dt in TRACE_ARRAYS.items():
             # Copy what callers hand in (they may mutate it later); stitch passes arrays it
             # has just built and nobody else holds (_copy=False).
-            arr = np.array(arrays[name], dtype=dt, order="C", copy=True if _copy else None)
+            source = arrays[name]
+            arr = np.array(source, dtype=dt, order="C") if _copy else np.asarray(source, dt, "C")
             arr.flags.writeable = False
             self.arrays[name] = arr
+        if _check:  # arrays from elsewhere (a file, a cache, a caller): the kernel trusts them
+            check_trace_arrays(self.arrays)
         self._digest: str | None = None
 
     # -- shape of the trace ------------------------------------------------------------
@@ -382,4 +386,4 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     arrays["vertex_kind"] = kinds
     arrays["n_params"] = np.array(d.n_params)
     arrays["states"] = d.states.copy()
-    return Trace(arrays, _copy=False)
+    return Trace(arrays, _copy=False, _check=False)
