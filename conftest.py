@@ -42,3 +42,5 @@ def pytest_sessionstart(session):
     for thetas in (np.array([1.0, 0.5]), np.array([[1.0, 0.5]] * 4)):
         trace.moments(thetas)
         trace.moments_and_jacobian(thetas)
+    pt.cdf(trace, [0.5, 1.0], [1.0, 0.5])  # the uniformization kernels (phasetrace.distribution)
+    pt.pdf(trace, [0.5, 1.0], [1.0, 0.5])

@@ -7,7 +7,8 @@ them on the configured executor), then evaluate moments for any θ.
 Nothing heavy is imported here: no JAX, Dask or joblib.
 """
 
-from . import models
+from . import distribution, models
+from .distribution import cdf, pdf, quantile, sf
 from .errors import (
     ExecutorClosedError,
     ExecutorTimeoutError,
@@ -27,6 +28,7 @@ from .graph import Edge, Graph, Vertex
 from .pipeline import RunStats, compute_trace, compute_traces, last_run_stats
 from .record import record_trace
 from .settings import Settings, config, configure, get_settings, shutdown_executors
+from .spectrum import sfs
 from .trace import Trace
 
 __version__ = "0.1.0"
@@ -52,15 +54,21 @@ __all__ = [
     "WorkerCrashedError",
     "__version__",
     "available_strategies",
+    "cdf",
     "compute_trace",
     "compute_traces",
     "config",
     "configure",
+    "distribution",
     "get_executor",
     "get_settings",
     "last_run_stats",
     "models",
+    "pdf",
+    "quantile",
     "record_trace",
     "register_strategy",
+    "sf",
+    "sfs",
     "shutdown_executors",
 ]

@@ -2,5 +2,12 @@
 
 from .coalescent import kingman, two_island
 from .random import random_graph
+from .structured import structured_coalescent, structured_parameters
 
-__all__ = ["kingman", "random_graph", "two_island"]
+__all__ = [
+    "kingman",
+    "random_graph",
+    "structured_coalescent",
+    "structured_parameters",
+    "two_island",
+]
