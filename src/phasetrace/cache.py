@@ -582,7 +582,7 @@ class DiskCache:
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 2 * 1024**3) -> None:
         if not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes must be a non-negative integer, got {max_bytes!r}")
-        self.directory = Path(directory).expanduser()
+        self.directory = Path(os.path.expanduser(directory))  # never raises, unlike Path's
         self.max_bytes = max_bytes
         self.disabled = False
         self.disabled_reason: str | None = None

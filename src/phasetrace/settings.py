@@ -46,7 +46,12 @@ from typing import Any
 
 from phasetrace.errors import StrategyError
 from phasetrace.executors.base import Executor, live_executors, resolve_n_workers
-from phasetrace.executors.registry import accepted_options, get_executor, validate_strategy
+from phasetrace.executors.registry import (
+    accepted_options,
+    get_executor,
+    get_strategy_factory,
+    validate_strategy,
+)
 
 __all__ = [
     "UNSET",
@@ -171,6 +176,10 @@ def _check_cache_dir(value: Any) -> str | None:
     path = os.fspath(value)
     if not isinstance(path, str) or not path:
         raise TypeError(f"cache_dir must be a non-empty text path, got {value!r}")
+    if path.startswith("~") and os.path.expanduser(path) == path:
+        user = path[1:].split("/", 1)[0].split(os.sep, 1)[0]
+        who = f"user {user!r}" if user else "the current user (HOME is not set)"
+        raise ValueError(f"cache_dir {path!r}: cannot expand '~': no home directory for {who}")
     return path
 
 
@@ -254,6 +263,9 @@ def _check_option_names(strategy: Any, options: Mapping[str, Any]) -> None:
             f"unknown setting {names}; settings are: {', '.join(_FIELDS)}; options of "
             f"strategy {strategy!r}: {', '.join(sorted(accepted)) or 'none'}"
         )
+    check = getattr(get_strategy_factory(strategy), "check_options", None)
+    if callable(check) and options:
+        check(**options)  # values too: idle_timeout=-1 fails here, not at first use
 
 
 # -- the layers ------------------------------------------------------------------------

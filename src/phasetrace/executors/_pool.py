@@ -307,6 +307,17 @@ class PooledExecutor(Executor):
     #: crashed worker from the ones the pool ended).
     _pool_kill_signal: int = signal.SIGKILL
 
+    @classmethod
+    def check_options(
+        cls,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        min_chunk_seconds: float = MIN_CHUNK_SECONDS,
+        chunks_per_worker: int = CHUNKS_PER_WORKER,
+    ) -> None:
+        """Check option values (``configure`` calls this); raise :class:`StrategyError`."""
+        check_pool_options(idle_timeout, min_chunk_seconds, chunks_per_worker)
+
     def __init__(
         self,
         n_workers: int | None = None,

@@ -38,6 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from phasetrace.errors import StrategyError
 from phasetrace.executors import _worker
 from phasetrace.executors.base import Executor, WorkItem
 from phasetrace.executors.sequential import SequentialExecutor
@@ -111,6 +112,19 @@ class AutoExecutor(Executor):
 
     #: Extra keyword options go to the loky executor (used to validate option names).
     forwards_options_to = "loky"
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Check option values (``configure`` calls this): the cost model's must be
+        numbers >= 0; the rest go to the ``loky`` strategy's check."""
+        model = ("cold_start_s", "warm_dispatch_s", "per_unit_s", "unknown_cost_s")
+        for name in model:
+            value = options.pop(name, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise StrategyError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        from .lokypool import LokyExecutor
+
+        LokyExecutor.check_options(**options)
 
     def __init__(
         self,

@@ -250,6 +250,16 @@ class Executor(concurrent.futures.Executor):
     reuses_pool: bool = False
     default_n_workers: int | None = None
 
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Check strategy option values before any executor is made.
+
+        ``configure`` and ``config`` call the strategy factory's ``check_options`` (when
+        it has one) with the options given, so a bad value fails where it is set, not
+        at the first call. Subclasses with options override this; raise
+        :class:`~phasetrace.errors.StrategyError` for a bad value.
+        """
+
     def __init__(self, n_workers: int | None = None):
         self.n_workers = resolve_n_workers(n_workers, self.default_n_workers)
         self._closed = False

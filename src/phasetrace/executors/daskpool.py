@@ -177,9 +177,9 @@ class DaskExecutor(Executor):
     reuses_pool = True
     default_n_workers = None
 
-    def __init__(
-        self,
-        n_workers: int | None = None,
+    @classmethod
+    def check_options(
+        cls,
         *,
         address: Any = None,
         client: Any = None,
@@ -191,8 +191,9 @@ class DaskExecutor(Executor):
         min_chunk_seconds: float = MIN_CHUNK_SECONDS,
         chunks_per_worker: int = CHUNKS_PER_WORKER,
         cluster_kwargs: Mapping[str, Any] | None = None,
-    ):
-        super().__init__(n_workers)
+    ) -> None:
+        """Check option values without connecting (``configure`` calls this, so a bad
+        value fails there, not at the first call); raise :class:`StrategyError`."""
         if address is not None and client is not None:
             raise StrategyError("pass either address or client to the 'dask' strategy, not both")
         if address is not None and not (
@@ -238,6 +239,33 @@ class DaskExecutor(Executor):
             raise StrategyError(f"cluster_kwargs must be a mapping, got {cluster_kwargs!r}")
         if cluster_kwargs and (address is not None or client is not None):
             raise StrategyError("cluster_kwargs applies to the embedded cluster only")
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        address: Any = None,
+        client: Any = None,
+        security: Any = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        processes: bool = True,
+        threads_per_worker: int = 1,
+        allowed_failures: int | None = None,
+        min_chunk_seconds: float = MIN_CHUNK_SECONDS,
+        chunks_per_worker: int = CHUNKS_PER_WORKER,
+        cluster_kwargs: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(n_workers)
+        self.check_options(
+            address=address,
+            client=client,
+            connect_timeout=connect_timeout,
+            threads_per_worker=threads_per_worker,
+            allowed_failures=allowed_failures,
+            min_chunk_seconds=min_chunk_seconds,
+            chunks_per_worker=chunks_per_worker,
+            cluster_kwargs=cluster_kwargs,
+        )
         self.address = address
         self.security = security
         self.connect_timeout = float(connect_timeout)

@@ -91,6 +91,16 @@ class JoblibExecutor(Executor):
     reuses_pool = True  # joblib's loky backend keeps its workers between calls
     default_n_workers = None
 
+    @classmethod
+    def check_options(
+        cls,
+        *,
+        min_chunk_seconds: float = MIN_CHUNK_SECONDS,
+        chunks_per_worker: int = CHUNKS_PER_WORKER,
+    ) -> None:
+        """Check option values (``configure`` calls this); raise :class:`StrategyError`."""
+        check_pool_options(1.0, min_chunk_seconds, chunks_per_worker)
+
     def __init__(
         self,
         n_workers: int | None = None,
