@@ -68,7 +68,10 @@ def main(argv: list[str]) -> int:
         cmd = [str(python(task)), "-m", "phasetrace.demo", *rest]
     else:
         cmd = [str(python(task)), "-m", "pytest", *rest]
-    return subprocess.run(cmd, cwd=ROOT).returncode
+    env = dict(os.environ)
+    if task == "test-minimum":  # numba's cache of another numba version must not be clobbered
+        env.setdefault("NUMBA_CACHE_DIR", str(venv_dir(task) / "numba-cache"))
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":
