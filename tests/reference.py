@@ -1,4 +1,4 @@
-"""Independent references for tests: the dense formula of elimination.md §1, written
+"""Independent references for tests: the dense formula of docs/algorithm.md, written
 without any phasetrace code path except ``Graph.to_matrices`` (itself tested against a
 hand-built matrix)."""
 

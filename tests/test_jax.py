@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import phasetrace as pt  # noqa: E402
-from phasetrace.errors import InvalidParameterError  # noqa: E402
+from phasetrace.errors import InvalidParameterError, PrecisionWarning  # noqa: E402
 from phasetrace.jax import moments_fn  # noqa: E402
 from phasetrace.ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY  # noqa: E402
 from strategies import cyclic_graphs, thetas  # noqa: E402
@@ -158,7 +158,7 @@ def test_several_reward_vectors_in_one_function(traces):
 
 
 def test_known_values():
-    """elimination.md §6: two-island n=5 at θ = (1, 0.5); Kingman E[T_MRCA] = 2(1 − 1/n)."""
+    """docs/algorithm.md §8: two-island n=5 at θ = (1, 0.5); Kingman E[T_MRCA] = 2(1 − 1/n)."""
     f = moments_fn(pt.record_trace(pt.models.two_island(5)), k=3)
     want = [3.40478787879, 19.2439855354, 155.060874143]
     assert rel_err(f(np.array([1.0, 0.5])), want) <= 1e-11
@@ -178,7 +178,8 @@ def test_values_equal_numpy_on_random_cyclic_graphs(graph, theta, batch):
     for method in ("kernel", "native"):
         f = moments_fn(trace, k=3, rewards=reward, method=method)
         assert rel_err(f(theta), trace.moments(theta, k=3, rewards=reward)) <= 1e-12
-        got = jax.vmap(f)(batch)  # one kernel call, or the native batched code
+        with jax.enable_x64(True):  # else vmap rounds θ to float32 (a PrecisionWarning)
+            got = jax.vmap(f)(batch)  # one kernel call, or the native batched code
         assert rel_err(got, trace.moments(batch, k=3, rewards=reward)) <= 1e-12
 
 
@@ -330,7 +331,7 @@ def test_nonpositive_rate_raises_eagerly_and_gives_nan_under_jit(traces, method)
         f(np.array([1.0, np.nan]))
     with jax.enable_x64(True):
         assert np.isnan(jax.jit(f)(bad)).all()
-        out = jax.jit(g)(np.array([[1.0, 0.5], bad, [1.0, 0.0]]))
+        out = jax.jit(g)(np.array([[1.0, 0.5], bad, [-1.0, 0.5]]))  # (rate 0 is allowed)
         assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()
         assert rel_err(out[0], trace.moments([1.0, 0.5], k=2)) <= 1e-12
         for mode in MODES:
@@ -363,7 +364,8 @@ def test_float64_without_touching_global_x64(traces, method):
     out = f(theta)
     assert out.dtype == jnp.float64
     assert rel_err(out, trace.moments(theta, k=3)) <= 1e-12
-    assert jax.jit(f)(theta).dtype == jnp.float64  # θ was rounded to float32 by jit itself
+    with pytest.warns(PrecisionWarning, match="jax_enable_x64"):  # jit rounded θ to float32
+        assert jax.jit(f)(theta).dtype == jnp.float64
     assert not jax.config.jax_enable_x64
 
 

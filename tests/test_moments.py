@@ -1,4 +1,4 @@
-"""Moments from traces against independent references (elimination.md §6)."""
+"""Moments from traces against independent references (docs/algorithm.md §8)."""
 
 from __future__ import annotations
 

@@ -8,13 +8,23 @@ Nothing heavy is imported here: no JAX, Dask or joblib.
 """
 
 from . import distribution, models
-from .distribution import cdf, pdf, quantile, sf
+from .distribution import (
+    cdf,
+    cdf_and_gradient,
+    pdf,
+    pdf_and_gradient,
+    quantile,
+    quantile_and_gradient,
+    sf,
+    sf_and_gradient,
+)
 from .errors import (
     ExecutorClosedError,
     ExecutorTimeoutError,
     InvalidGraphError,
     InvalidParameterError,
     PhasetraceError,
+    PrecisionWarning,
     SerializationError,
     StrategyError,
     StrategyRejectedError,
@@ -41,6 +51,7 @@ __all__ = [
     "InvalidGraphError",
     "InvalidParameterError",
     "PhasetraceError",
+    "PrecisionWarning",
     "RunStats",
     "SerializationError",
     "Settings",
@@ -55,6 +66,7 @@ __all__ = [
     "__version__",
     "available_strategies",
     "cdf",
+    "cdf_and_gradient",
     "compute_trace",
     "compute_traces",
     "config",
@@ -65,10 +77,13 @@ __all__ = [
     "last_run_stats",
     "models",
     "pdf",
+    "pdf_and_gradient",
     "quantile",
+    "quantile_and_gradient",
     "record_trace",
     "register_strategy",
     "sf",
+    "sf_and_gradient",
     "sfs",
     "shutdown_executors",
 ]

@@ -328,21 +328,36 @@ def _forward(low: Lowered, thetas, tangents: bool = False):
 
         steps = jnp.arange(seg.n_steps, dtype=jnp.int32)
         V, _ = lax.scan(body, V, (steps, jnp.asarray(seg.idx)))
-    valid = jnp.all(loads > 0, axis=0) if low.n_load else jnp.ones(bc, dtype=bool)
+    if low.n_load:
+        valid = jnp.all((loads >= 0) & (loads < jnp.inf), axis=0)
+    else:
+        valid = jnp.ones(bc, dtype=bool)
     return V, valid
 
 
 def _moments(low: Lowered, V, valid):
-    """``E[Y^p] = p!·z_p[S]`` per θ, shape (B, k); NaN where a rate was not > 0."""
+    """``E[Y^p] = p!·z_p[S]`` per θ, shape (B, k).
+
+    NaN for a θ at which a rate was negative or not finite, or a moment is not finite
+    (an edge of rate 0 is allowed: it contributes nothing, but a vertex without a way out
+    gives ``0/0`` or ``x/0`` somewhere).
+    """
     out = V[low.out_rows].T * jnp.asarray(low.scale)[None, :]
-    return jnp.where(valid[:, None], out, jnp.nan)
+    ok = valid & jnp.all(jnp.isfinite(out), axis=1)
+    return jnp.where(ok[:, None], out, jnp.nan)
 
 
 def _jacobian(low: Lowered, V, valid):
-    """Moments (B, k) and their Jacobian (B, k, n_params) from a forward-mode ``V``."""
+    """Moments (B, k) and their Jacobian (B, k, n_params) from a forward-mode ``V``.
+
+    As :func:`_moments`; a derivative that is not finite (for any moment) makes that
+    parameter's column NaN.
+    """
     out = jnp.moveaxis(V[low.out_rows], 0, 1) * jnp.asarray(low.scale)[None, :, None]
-    out = jnp.where(valid[:, None, None], out, jnp.nan)
-    return out[..., 0], out[..., 1:]
+    values, jac = out[..., 0], out[..., 1:]
+    ok = valid & jnp.all(jnp.isfinite(values), axis=1)
+    jac_ok = ok[:, None, None] & jnp.all(jnp.isfinite(jac), axis=1, keepdims=True)
+    return jnp.where(ok[:, None], values, jnp.nan), jnp.where(jac_ok, jac, jnp.nan)
 
 
 def _reverse(low: Lowered, V, valid, g):
@@ -361,8 +376,8 @@ def _reverse(low: Lowered, V, valid, g):
         steps = jnp.arange(seg.n_steps, dtype=jnp.int32)
         G, _ = lax.scan(body, G, (steps, jnp.asarray(seg.idx)), reverse=True)
     g_loads = G[low.n_const : low.n_const + low.n_load]
-    grad = jnp.asarray(low.load_coef).T @ g_loads  # (n_params, B)
-    return jnp.where(valid[:, None], grad.T, jnp.nan)
+    grad = (jnp.asarray(low.load_coef).T @ g_loads).T  # (B, n_params)
+    return jnp.where(valid[:, None] & jnp.isfinite(grad), grad, jnp.nan)
 
 
 def _map_chunks(fn, chunk: int, *arrays):

@@ -29,6 +29,7 @@ import csv
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import re
 import sys
@@ -187,15 +188,30 @@ def _call_builtin(name: str, fn: Callable[..., pt.Graph], kwargs: dict[str, Any]
             f"model {name!r} needs {required[0].name}=..., e.g. {name}:{required[0].name}=20"
         )
     kwargs = {k: _coerce(name, params[k], v) for k, v in kwargs.items()}
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
-        return fn(**kwargs)
-    except (TypeError, ValueError) as exc:
-        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        graph = fn(**kwargs)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise CLIError(f"model {name}({given}): {exc}") from exc
+    if not isinstance(graph, pt.Graph):
+        raise CLIError(
+            f"model {name}({given}) returned {type(graph).__name__}, not a phasetrace.Graph; "
+            "it is not a model to record"
+        )
+    return graph
+
+
+def _is_file(path: Path, exists: bool = False) -> bool:
+    """``path.is_file()`` (or ``.exists()``); a path the system refuses (too long, ...)
+    is a CLIError, not an OSError."""
+    try:
+        return path.exists() if exists else path.is_file()
+    except OSError as exc:
+        raise CLIError(f"model file {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def _load_python_model(path: Path, func: str) -> pt.Graph:
-    if not path.is_file():
+    if not _is_file(path):
         raise CLIError(f"model file {str(path)!r} does not exist")
     module_name = f"_phasetrace_model_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -221,8 +237,17 @@ def _load_python_model(path: Path, func: str) -> pt.Graph:
 
 
 def _load_json_model(path: Path) -> pt.Graph:
+    from phasetrace import graph as graph_module
+
+    limit = graph_module.MAX_JSON_BYTES
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > limit:  # refused unread
+            raise CLIError(
+                f"{path}: {size} bytes, above the limit of {limit} for a graph document "
+                "(phasetrace.graph.MAX_JSON_BYTES)"
+            )
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise CLIError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -269,8 +294,8 @@ def load_model(spec: str) -> pt.Graph:
     if spec.endswith(".py"):
         raise CLIError(f"name the function that builds the graph: {spec}:function_name")
     path = Path(spec)
-    if path.is_file() or spec.endswith(".json"):
-        if not path.exists():
+    if spec.endswith(".json") or _is_file(path):
+        if not _is_file(path, exists=True):
             raise CLIError(f"model file {spec!r} does not exist")
         return _load_json_model(path)
     name, _, args = spec.partition(":")
@@ -338,14 +363,39 @@ def parse_theta(text: str, n_params: int) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def _data_rows(lines: Sequence[str]) -> list[tuple[int, list[str]]]:
+def _data_rows(lines: Sequence[str], name: str) -> list[tuple[int, list[str]]]:
     """CSV rows with their line numbers; blank lines and ``#`` comments skipped."""
     rows = []
-    for lineno, row in enumerate(csv.reader(lines), start=1):
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        rows.append((lineno, [f.strip() for f in row]))
+    reader = csv.reader(lines)
+    try:
+        for lineno, row in enumerate(reader, start=1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            rows.append((lineno, [f.strip() for f in row]))
+    except csv.Error as exc:
+        raise CLIError(f"{name}: line {reader.line_num}: {exc}") from None
     return rows
+
+
+def _state_entries(fields: Sequence[str], where: str) -> list[int] | None:
+    """State entries of a rewards row as ints (``3`` or ``3.0``; never truncated), or
+    ``None`` when one is outside the int64 range (no vertex can have that state)."""
+    out = []
+    for f in fields:
+        try:
+            value = int(f)
+        except ValueError:
+            try:
+                x = float(f)
+            except ValueError:
+                x = math.nan
+            if not (math.isfinite(x) and x.is_integer()):
+                raise CLIError(f"{where}: state entry {f!r} is not an integer") from None
+            value = int(x)
+        out.append(value)
+    if any(not -(2**63) <= v < 2**63 for v in out):
+        return None
+    return out
 
 
 def _is_header(fields: Sequence[str]) -> bool:
@@ -387,7 +437,7 @@ def read_thetas(text: str, n_params: int, name: str = "thetas") -> tuple[list[st
     ...
     phasetrace.cli.CLIError: thetas line 2: 1 value(s), expected 2 (one per parameter)
     """
-    rows = _data_rows(text.splitlines())
+    rows = _data_rows(text.splitlines(), name)
     names = [f"theta_{i + 1}" for i in range(n_params)]
     if rows and _is_header(rows[0][1]):
         lineno, header = rows.pop(0)
@@ -431,7 +481,7 @@ def read_rewards(text: str, trace: pt.Trace, name: str = "rewards") -> np.ndarra
     >>> read_rewards("k,reward\\n3,3\\n2,2\\n", tr).tolist()
     [0.0, 3.0, 2.0, 0.0]
     """
-    rows = _data_rows(text.splitlines())
+    rows = _data_rows(text.splitlines(), name)
     if rows and _is_header(rows[0][1]):
         rows.pop(0)
     if not rows:
@@ -454,14 +504,17 @@ def read_rewards(text: str, trace: pt.Trace, name: str = "rewards") -> np.ndarra
         )
     rewards = np.zeros(n)
     for lineno, fields in rows:
-        nums = _floats(fields, f"{name} line {lineno}")
+        where = f"{name} line {lineno}"
+        state = _state_entries(fields[:-1], where)
+        reward = _floats(fields[-1:], where)[0]
         try:
-            idx = trace.vertex_index([int(x) for x in nums[:-1]])
+            if state is None:
+                raise KeyError(fields[:-1])
+            idx = trace.vertex_index(state)
         except KeyError:
-            raise CLIError(
-                f"{name} line {lineno}: no vertex has state {[int(x) for x in nums[:-1]]}"
-            ) from None
-        rewards[idx] = nums[-1]
+            shown = state if state is not None else f"[{', '.join(fields[:-1])}]"
+            raise CLIError(f"{where}: no vertex has state {shown}") from None
+        rewards[idx] = reward
     return rewards
 
 
@@ -469,6 +522,8 @@ def read_rewards(text: str, trace: pt.Trace, name: str = "rewards") -> np.ndarra
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    if args.output:
+        _output_path(args.output)  # a bad -o fails now, not after the recording
     t0 = time.perf_counter()
     graph = load_model(args.model)
     build_s = time.perf_counter() - t0
@@ -520,9 +575,24 @@ def _workers_text(stats: pt.RunStats) -> str:
     return f"n_workers default (all {available_cpus()} CPUs)"
 
 
-def _save_trace(trace: pt.Trace, output: str) -> Path:
+def _output_path(output: str) -> Path:
+    """The file ``-o`` names, checked before any work is done."""
+    # An existing directory is refused rather than written next to (``DIR`` -> ``DIR.npz``)
+    # or into under a name we would have to invent.
+    example = os.path.join(output, "trace.npz")
+    if output.endswith(("/", os.sep)):
+        raise CLIError(f"-o {output!r} names a directory; give a file name, e.g. {example}")
+    if Path(output).is_dir():
+        raise CLIError(f"-o {output!r} is a directory; give a file name, e.g. {example}")
     # np.savez appends .npz to a name without it; say the name actually written.
     path = Path(output if output.endswith(".npz") else output + ".npz")
+    if path.is_dir():
+        raise CLIError(f"-o {output!r}: {str(path)!r} is a directory; give another file name")
+    return path
+
+
+def _save_trace(trace: pt.Trace, output: str) -> Path:
+    path = _output_path(output)
     try:
         trace.save(path)
     except OSError as exc:
@@ -730,7 +800,13 @@ def _add_trace(sub, common) -> None:
         common,
     )
     p.add_argument("model", metavar="MODEL", help="the model (see above)")
-    p.add_argument("-o", "--output", metavar="FILE.npz", help="save the trace here")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE.npz",
+        help="save the trace in this file (.npz is added when missing; an existing "
+        "directory is an error: name the file, e.g. DIR/model.npz)",
+    )
     p.add_argument("--strategy", metavar="S", help="executor strategy (see: phasetrace strategies)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="number of workers (n_workers)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")

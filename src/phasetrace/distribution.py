@@ -25,6 +25,13 @@ the largest in-degree), in practice far less. The cost is about ``λ·t_max`` sp
 products: stiff models (rates far apart) at late times are expensive, and a call that
 would need more than ``max_steps`` products is refused with a message saying so.
 
+Derivatives in θ: :func:`sf_and_gradient`, :func:`cdf_and_gradient`,
+:func:`pdf_and_gradient` and :func:`quantile_and_gradient` also return ``∂/∂θ``, exact
+up to the same kind of rigorous truncation bound (``tol`` per entry). They hold ``λ``
+fixed (the expansion holds for every ``λ >= max q``) and propagate the tangents
+``π'_k = π'_{k−1} P + π_{k−1} P'`` with the sequence; quantiles by the implicit function
+theorem. :func:`phasetrace.jax.distribution_fn` makes them JAX functions.
+
 The sparse products run in numba (compiled on first use and cached on disk); numba is
 imported on the first call, not by ``import phasetrace``.
 """
@@ -40,7 +47,16 @@ from ._args import as_rewards, as_thetas, bad_rate_error
 from .errors import InvalidParameterError
 from .ops import VERTEX_START, VERTEX_TRANSIENT
 
-__all__ = ["cdf", "pdf", "quantile", "sf"]
+__all__ = [
+    "cdf",
+    "cdf_and_gradient",
+    "pdf",
+    "pdf_and_gradient",
+    "quantile",
+    "quantile_and_gradient",
+    "sf",
+    "sf_and_gradient",
+]
 
 #: Default bound on the absolute error of :func:`cdf` and :func:`sf` (and of :func:`pdf`,
 #: in its own units).
@@ -228,6 +244,207 @@ def _mix_py(lams, eps, m, a, e, n_avail, exhausted, out):
     return -1
 
 
+def _tangent_py(
+    ptr, dst, prob, dprob, diag, ddiag, exitp, dexitp, pi, g, scratch, gscratch, acc, state,
+    flushed_g, dm, de, k0, k1, stop_g, flush, flush_g,
+):  # fmt: skip
+    """Steps ``k0 .. k1 − 1`` of ``π_k = π_{k−1} P`` and of its tangents
+    ``G_k[:, p] = G_{k−1}[:, p] P + π_{k−1} P'_p`` (``pi``, ``g`` hold step ``k0 − 1``).
+
+    Arrays over vertices or edges carry the parameter last (``g[v, p]``): ``P'_p`` is
+    ``dprob[:, p]`` on the edges and ``ddiag[:, p]`` on the diagonal. Writes
+    ``dm[k, p] = G_k[:, p]·𝟙`` and ``de[k, p] = G_k[:, p]·exitp + π_k·dexitp[:, p]`` (the
+    derivatives of ``m_k`` and ``e_k``). ``state`` is ``[lo, hi, flushed π mass]``: ``pi``
+    and ``g`` are zero outside ``lo:hi``. Entries of ``π`` below ``flush`` and of ``G``
+    below ``flush_g`` in magnitude are set to zero (``flushed_g[p]`` adds up the
+    magnitudes dropped from ``G[:, p]``). Returns ``k1``, or ``k + 1`` at the first ``k``
+    at which ``π_k`` is zero and every ``|G_k[:, p]|₁ <= stop_g`` (the sequence is then
+    exhausted).
+    """
+    n_par = g.shape[1]
+    lo = int(state[0])
+    hi = int(state[1])
+    flushed = state[2]
+    for k in range(k0, k1):
+        new_lo = lo
+        new_hi = hi
+        for w in range(lo, hi):
+            x = pi[w]
+            dw = diag[w]
+            scratch[w] = dw * x
+            for p in range(n_par):
+                gscratch[w, p] = dw * g[w, p] + ddiag[w, p] * x
+        for v in range(lo, hi):
+            x = pi[v]
+            live = x != 0.0
+            if not live:
+                for p in range(n_par):
+                    if g[v, p] != 0.0:
+                        live = True
+                        break
+            if not live:
+                continue
+            for j in range(ptr[v], ptr[v + 1]):
+                w = dst[j]
+                pj = prob[j]
+                scratch[w] += x * pj
+                for p in range(n_par):
+                    gscratch[w, p] += g[v, p] * pj + x * dprob[j, p]
+                if w < new_lo:
+                    new_lo = w
+                if w >= new_hi:
+                    new_hi = w + 1
+        for p in range(n_par):
+            acc[0, p] = 0.0  # G·𝟙
+            acc[1, p] = 0.0  # G·exitp + π·dexitp
+            acc[2, p] = 0.0  # |G|₁
+        first = new_hi
+        last = new_lo
+        alive_pi = False
+        for w in range(new_lo, new_hi):
+            y = scratch[w]
+            scratch[w] = 0.0
+            if y < flush:
+                flushed += y
+                y = 0.0
+            pi[w] = y
+            alive = y != 0.0
+            if alive:
+                alive_pi = True
+            ew = exitp[w]
+            for p in range(n_par):
+                gy = gscratch[w, p]
+                gscratch[w, p] = 0.0
+                if abs(gy) < flush_g:
+                    flushed_g[p] += abs(gy)
+                    gy = 0.0
+                else:
+                    alive = True
+                g[w, p] = gy
+                acc[0, p] += gy
+                acc[1, p] += gy * ew + y * dexitp[w, p]
+                acc[2, p] += abs(gy)
+            if alive:
+                if w < first:
+                    first = w
+                last = w + 1
+        if first >= last:
+            first = 0
+            last = 0
+        lo = first
+        hi = last
+        done = not alive_pi
+        for p in range(n_par):
+            dm[k, p] = acc[0, p]
+            de[k, p] = acc[1, p]
+            if acc[2, p] > stop_g:
+                done = False
+        if done:
+            state[0] = lo
+            state[1] = hi
+            state[2] = flushed
+            return k + 1
+    state[0] = lo
+    state[1] = hi
+    state[2] = flushed
+    return k1
+
+
+def _grad_right_points_py(lams, bound_a, bound_d, side):
+    """The last Poisson term :func:`_mix_grad_py` uses for each ``λt >= 0`` (the same walk)."""
+    out = np.zeros(lams.shape[0], dtype=np.int64)
+    for i in range(lams.shape[0]):
+        lam = lams[i]
+        if lam == 0.0:
+            continue
+        total = 1.0
+        w = 1.0
+        k = int(lam)
+        while True:
+            k += 1
+            w *= lam / k
+            total += w
+            rho = lam / (k + 1)
+            if 2.0 * w * rho / (1.0 - rho) * (bound_a + bound_d * (k + 1)) <= side * total:
+                break
+        out[i] = k
+    return out
+
+
+def _mix_grad_py(lams, bound_a, bound_d, side, dm, de, n_avail, exhausted, out):
+    """``out[0, :, i] = Σ_k Pois(k; λt_i)·dm_k`` and ``out[1, :, i]`` the same of ``de``.
+
+    The window ``[L, R]`` is chosen for sequences bounded by ``|x_k| <= a + d·k`` (in
+    units of the target error): normalising over the window and leaving out the tails
+    moves the sum by at most ``2·(a + d·(R + 1))·(tail weight)/(window weight)``, and
+    each side is walked until its part is at most ``side`` (so ``2·side`` in all). The
+    right side is walked first (its bound fixes ``R``). Terms from ``n_avail`` on are zero
+    when ``exhausted``. Returns −1, or the index of a ``λt`` that needs unavailable terms.
+    """
+    n_par = dm.shape[1]
+    for i in range(lams.shape[0]):
+        lam = lams[i]
+        for p in range(n_par):
+            out[0, p, i] = 0.0
+            out[1, p, i] = 0.0
+        if lam == 0.0:
+            for p in range(n_par):
+                out[0, p, i] = dm[0, p]
+                out[1, p, i] = de[0, p]
+            continue
+        if exhausted and lam > n_avail:
+            # the weight of the stored terms is P(N < n_avail) <= e^{-λ}(eλ/n)^n (Chernoff)
+            if lam == np.inf:
+                continue
+            nn = float(n_avail)
+            log_chi = nn * (1.0 + math.log(lam / nn)) - lam
+            if log_chi + math.log(bound_a + bound_d * nn) <= math.log(side):
+                continue
+        mode = int(lam)  # floor: λt > 0
+        total = 1.0
+        w = 1.0
+        k = mode
+        if k < n_avail:
+            for p in range(n_par):
+                out[0, p, i] += dm[k, p]
+                out[1, p, i] += de[k, p]
+        elif not exhausted:
+            return i
+        while True:  # rightwards: w_{k+1} = w_k·λt/(k+1)
+            k += 1
+            w *= lam / k
+            total += w
+            if k < n_avail:
+                for p in range(n_par):
+                    out[0, p, i] += w * dm[k, p]
+                    out[1, p, i] += w * de[k, p]
+            elif not exhausted:
+                return i
+            rho = lam / (k + 1)
+            if 2.0 * w * rho / (1.0 - rho) * (bound_a + bound_d * (k + 1)) <= side * total:
+                break
+        edge = 2.0 * (bound_a + bound_d * (k + 1))
+        w = 1.0
+        k = mode
+        while k > 0:  # leftwards: w_{k-1} = w_k·k/λt
+            rho = k / lam
+            if k < mode and w * rho / (1.0 - rho) * edge <= side * total:
+                break
+            w *= rho
+            k -= 1
+            total += w
+            if k < n_avail:
+                for p in range(n_par):
+                    out[0, p, i] += w * dm[k, p]
+                    out[1, p, i] += w * de[k, p]
+            elif not exhausted:
+                return i
+        for p in range(n_par):
+            out[0, p, i] /= total
+            out[1, p, i] /= total
+    return -1
+
+
 _KERNELS = None
 
 
@@ -239,6 +456,19 @@ def _kernels():
         jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
         _KERNELS = (jit(_advance_py), jit(_right_points_py), jit(_mix_py))
     return _KERNELS
+
+
+_GRAD_KERNELS = None
+
+
+def _grad_kernels():
+    global _GRAD_KERNELS
+    if _GRAD_KERNELS is None:
+        from numba import njit
+
+        jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+        _GRAD_KERNELS = (jit(_tangent_py), jit(_grad_right_points_py), jit(_mix_grad_py))
+    return _GRAD_KERNELS
 
 
 # -- the chain at one θ ------------------------------------------------------------------
@@ -290,7 +520,7 @@ def _edge_rates(trace, theta: np.ndarray) -> np.ndarray:
     return rates
 
 
-def _eliminate_zero_rewards(alpha, ptr, dst, rate, exit_rate, zero):
+def _eliminate_zero_rewards(alpha, ptr, dst, rate, exit_rate, zero, fsum=math.fsum):
     """Remove the vertices ``zero`` (no time earned there) by exact state reduction (GTH).
 
     Eliminating ``z`` (in π order) reroutes every ``u → z`` through ``z``'s out-edges:
@@ -301,6 +531,8 @@ def _eliminate_zero_rewards(alpha, ptr, dst, rate, exit_rate, zero):
     rates. Sparse (rows are dicts): the cost grows with the fill, not with ``n²``.
 
     Returns ``(alpha, ptr, dst, rate, exit_rate, keep)`` over the kept vertices ``keep``.
+    The arrays may be complex (with ``fsum`` for complex numbers): see
+    :func:`_eliminate_zero_rewards_derivatives`.
     """
     n = alpha.shape[0]
     dst_l, rate_l, ptr_l = dst.tolist(), rate.tolist(), ptr.tolist()
@@ -315,7 +547,7 @@ def _eliminate_zero_rewards(alpha, ptr, dst, rate, exit_rate, zero):
     a = alpha.tolist()
     for z in np.flatnonzero(zero).tolist():
         oz = out[z]
-        q = math.fsum(oz.values()) + s[z]
+        q = fsum(oz.values()) + s[z]
         for w in oz:
             inn[w].discard(z)
         p = {w: r / q for w, r in oz.items()}
@@ -344,7 +576,7 @@ def _eliminate_zero_rewards(alpha, ptr, dst, rate, exit_rate, zero):
     rows = [out[v] for v in keep.tolist()]
     new_ptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
     new_dst = new[np.fromiter((w for r in rows for w in r), np.int64, int(new_ptr[-1]))]
-    new_rate = np.fromiter((x for r in rows for x in r.values()), np.float64, int(new_ptr[-1]))
+    new_rate = np.fromiter((x for r in rows for x in r.values()), rate.dtype, int(new_ptr[-1]))
     return np.asarray(a)[keep], new_ptr, new_dst, new_rate, np.asarray(s)[keep], keep
 
 
@@ -470,6 +702,238 @@ class _Chain:
         return out
 
 
+#: Imaginary step of :func:`_eliminate_zero_rewards_derivatives`.
+_COMPLEX_STEP = 1e-20
+
+
+def _complex_fsum(values) -> complex:
+    values = list(values)
+    return complex(math.fsum(v.real for v in values), math.fsum(v.imag for v in values))
+
+
+def _eliminate_zero_rewards_derivatives(
+    alpha, dalpha, ptr, dst, rate, drate, exit_rate, dexit, zero
+):
+    """:func:`_eliminate_zero_rewards` and the derivatives in θ of what it returns.
+
+    ``dalpha`` (P, n), ``drate`` (P, edges) and ``dexit`` (P, n) are the derivatives of
+    its inputs. The derivatives are taken by complex steps: the elimination is run once
+    per parameter on ``x + i·h·∂x/∂θ_p`` (``h = 1e-20``), and ``Im/h`` is the directional
+    derivative, exact up to ``O(h²)`` relative (nothing is subtracted to get it, unlike a
+    finite difference). Every operation of the elimination (sums, products, quotients)
+    is analytic, and which edges fill in depends on the graph only, so every run has the
+    same sparsity. Returns ``(alpha, dalpha, ptr, dst, rate, drate, exit_rate, dexit,
+    keep)``, the values being those of the real elimination.
+    """
+    a0, ptr0, dst0, rate0, s0, keep = _eliminate_zero_rewards(
+        alpha, ptr, dst, rate, exit_rate, zero
+    )
+    n_par = dalpha.shape[0]
+    h = _COMPLEX_STEP
+    da = np.zeros((n_par, keep.size))
+    dr = np.zeros((n_par, rate0.size))
+    ds = np.zeros((n_par, keep.size))
+    for p in range(n_par):
+        a_c, ptr_c, dst_c, rate_c, s_c, _ = _eliminate_zero_rewards(
+            alpha + 1j * h * dalpha[p],
+            ptr,
+            dst,
+            rate + 1j * h * drate[p],
+            exit_rate + 1j * h * dexit[p],
+            zero,
+            fsum=_complex_fsum,
+        )
+        if not (np.array_equal(ptr_c, ptr0) and np.array_equal(dst_c, dst0)):
+            raise RuntimeError("internal error: the complex-step elimination changed the graph")
+        da[p], dr[p], ds[p] = a_c.imag / h, rate_c.imag / h, s_c.imag / h
+    return a0, da, ptr0, dst0, rate0, dr, s0, ds, keep
+
+
+# Shares of the gradient's error budget: Poisson truncation (two sides), early stop, and
+# the entries flushed from π and from its tangents (see docs/distribution.md).
+_GRAD_SHARE_SIDE = 0.2
+_GRAD_SHARE_STOP = 0.4
+_GRAD_SHARE_FLUSH = 0.05
+#: Far times (λt beyond every stored term) are covered by the flush bound up to this many
+#: times ``max_steps`` (see docs/distribution.md, *Gradients*).
+_GRAD_FAR_STEPS = 1000
+
+
+class _TangentChain:
+    """The derivatives in θ of the scalar sequences of :class:`_Chain`, at one θ.
+
+    ``λ`` is held fixed at its value at θ: ``α e^{St} = Σ_k Pois(k; λt)·α Pᵏ`` holds for
+    every ``λ >= max q``, so differentiating the right-hand side with ``λ`` fixed gives the
+    exact derivative, ``Σ_k Pois(k; λt)·π'_k`` with ``π'_k = π'_{k−1} P + π_{k−1} P'``.
+    Built for one set of times ``t`` (finite, >= 0): the flush thresholds depend on the
+    latest one.
+    """
+
+    def __init__(self, trace, theta, rewards, tol, pdf_scale, max_steps, t):
+        st = _structure(trace)
+        rates = _edge_rates(trace, theta)
+        n_par = trace.n_params
+        coef = np.asarray(trace.arrays["input_coef"], dtype=np.float64).reshape(rates.size, n_par)
+        n = st.n
+        alpha = np.zeros(n)
+        np.add.at(alpha, st.alpha_pos, rates[st.alpha_edges])
+        dalpha = np.zeros((n_par, n))
+        ptr, dst, rate = st.ptr, st.int_dst, rates[st.int_edges]
+        drate = np.ascontiguousarray(coef[st.int_edges].T)
+        exit_rate = np.bincount(st.exit_src, weights=rates[st.exit_edges], minlength=n)
+        dexit = np.zeros((n_par, n))
+        for p in range(n_par):
+            np.add.at(dalpha[p], st.alpha_pos, coef[st.alpha_edges, p])
+            dexit[p] = np.bincount(st.exit_src, weights=coef[st.exit_edges, p], minlength=n)
+        if rewards is not None:
+            r = rewards[st.transient]
+            zero = r == 0.0
+            if zero.any():
+                alpha, dalpha, ptr, dst, rate, drate, exit_rate, dexit, keep = (
+                    _eliminate_zero_rewards_derivatives(
+                        alpha, dalpha, ptr, dst, rate, drate, exit_rate, dexit, zero
+                    )
+                )
+                r = r[keep]
+                n = keep.size
+            src = np.repeat(np.arange(n), np.diff(ptr))
+            rate, drate = rate / r[src], drate / r[src]
+            exit_rate, dexit = exit_rate / r, dexit / r
+        src = np.repeat(np.arange(n), np.diff(ptr))
+        q = np.bincount(src, weights=rate, minlength=n) + exit_rate
+        dq = np.zeros((n_par, n))
+        absrow = np.zeros((n_par, n))
+        for p in range(n_par):
+            dq[p] = np.bincount(src, weights=drate[p], minlength=n) + dexit[p]
+            absrow[p] = np.bincount(src, weights=np.abs(drate[p]), minlength=n) + np.abs(dq[p])
+        lam = float(q.max()) if n else 1.0
+        self.lam = lam
+        self.n = n
+        self.n_par = n_par
+        self.max_steps = max_steps
+        s_max = float(exit_rate.max()) if n else 0.0
+        #: ``C_p``: the largest row sum of ``|∂S/∂θ_p|``, so ``‖P'_p‖_∞ = C_p/λ``.
+        self.c = absrow.max(axis=1) if n else np.zeros(n_par)
+        cex = np.abs(dexit).max(axis=1) if n else np.zeros(n_par)
+        self.ptr = np.ascontiguousarray(ptr, dtype=np.int64)
+        self.dst = np.ascontiguousarray(dst, dtype=np.int64)
+        self.prob = rate / lam
+        self.dprob = np.ascontiguousarray((drate / lam).T)  # parameter last, as below
+        self.diag = np.maximum(lam - q, 0.0) / lam
+        self.ddiag = np.ascontiguousarray((-dq / lam).T)
+        self.exitp = exit_rate / lam
+        self.dexitp = np.ascontiguousarray((dexit / lam).T)
+        self.pi = alpha.copy()
+        self.g = np.ascontiguousarray(dalpha.T)
+        self.scratch = np.zeros(n)
+        self.gscratch = np.zeros((n, n_par))
+        self.acc = np.zeros((3, n_par))
+        self.flushed_g = np.zeros(n_par)
+        live = np.flatnonzero((alpha != 0) | (dalpha != 0).any(axis=0))
+        lo, hi = (int(live[0]), int(live[-1]) + 1) if live.size else (0, 0)
+        self.state = np.array([lo, hi, 0.0])
+        # Error targets: tol for sf/cdf, tol·max(1, s_max) for the pdf (as the values).
+        scale = max(1.0, s_max) if pdf_scale else 1.0
+        self.eps = max(tol / scale, 1e-300)
+        target = tol * scale
+        m0 = float(alpha.sum())
+        a_p = np.abs(dalpha).sum(axis=1)  # |π'_0|₁ = |α'_p|₁
+        d_p = self.c * m0 / lam  # |π'_k|₁ <= |α'_p|₁ + k·C_p·m_0/λ
+        if pdf_scale:
+            a_p, d_p = s_max * a_p + cex * m0, s_max * d_p
+        # Bounds on the terms in units of the target (+1: the computed terms' own error).
+        self.bound_a = float(a_p.max() / target) + 1.0 if n_par else 1.0
+        self.bound_d = float(d_p.max() / target) if n_par else 0.0
+        self.stop_g = _GRAD_SHARE_STOP * self.eps
+        # The latest step a window can need (K), and the flush thresholds that keep the
+        # flushed entries' effect below the flush shares up to there.
+        lams = np.ascontiguousarray(np.asarray(t, dtype=np.float64) * lam)
+        small = lams <= max_steps
+        k_lim = 1.0
+        if small.any():
+            right = _grad_kernels()[1](lams[small], self.bound_a, self.bound_d, _GRAD_SHARE_SIDE)
+            k_lim = float(right.max()) + 1.0
+        if not small.all():
+            k_lim = max(k_lim, min(float(lams[~small].max()), _GRAD_FAR_STEPS * max_steps))
+        k_run = min(k_lim, max_steps + 1.0)
+        nn = max(n, 1)
+        c_max = float(self.c.max()) if n_par else 0.0
+        cex_max = float(cex.max()) if n_par else 0.0
+        self.flush_g = _GRAD_SHARE_FLUSH * self.eps / (nn * k_run)
+        self.flush = (
+            _GRAD_SHARE_FLUSH * self.eps / (nn * k_run * max(1.0, c_max * k_lim / lam, cex_max))
+        )
+        self.k_lim = k_lim
+        cap = 1024
+        self.dm = np.empty((cap, n_par))
+        self.de = np.empty((cap, n_par))
+        self.dm[0] = dalpha.sum(axis=1)
+        self.de[0] = dalpha @ self.exitp + alpha @ self.dexitp
+        self.n_avail = 1
+        self.exhausted = bool(
+            not (alpha > 0).any() and (np.abs(dalpha).sum(axis=1) <= self.stop_g).all()
+        )
+        if self.exhausted:  # nothing moves: π and its tangents are (already) negligible
+            self.state[:2] = 0
+        self.times = lams
+
+    def flush_bound(self) -> tuple[float, np.ndarray]:
+        """``(F, η)``: the π mass and the tangent magnitudes (per θ_p) flushed so far."""
+        return float(self.state[2]), self.flushed_g.copy()
+
+    def extend(self, k_needed: int, lam_t: float) -> None:
+        """As :meth:`_Chain.extend`, for the tangent sequences."""
+        tangent = _grad_kernels()[0]
+        target = min(k_needed, self.max_steps)
+        while not self.exhausted and self.n_avail <= target:
+            if self.dm.shape[0] <= self.n_avail:
+                cap = min(2 * self.dm.shape[0], target + 1)
+                for name in ("dm", "de"):
+                    buf = np.empty((cap, self.n_par))
+                    buf[: self.n_avail] = getattr(self, name)[: self.n_avail]
+                    setattr(self, name, buf)
+            upto = min(target + 1, self.dm.shape[0])
+            got = tangent(
+                self.ptr, self.dst, self.prob, self.dprob, self.diag, self.ddiag, self.exitp,
+                self.dexitp, self.pi, self.g, self.scratch, self.gscratch, self.acc, self.state,
+                self.flushed_g, self.dm, self.de, self.n_avail, upto, self.stop_g, self.flush,
+                self.flush_g,
+            )  # fmt: skip
+            self.exhausted = got < upto
+            self.n_avail = got
+        if not self.exhausted and self.n_avail <= k_needed:
+            raise InvalidParameterError(
+                f"the gradient needs more than max_steps={self.max_steps} uniformization "
+                f"steps to reach λ·t = {lam_t:.6g} (λ = {self.lam:.6g}, the largest exit "
+                "rate) within tol. The model is too stiff at this θ for these times: raise "
+                "max_steps, or evaluate at earlier times"
+            )
+
+    def evaluate(self) -> np.ndarray:
+        """``(∂sf/∂θ, ∂pdf/∂θ)`` at the times given to the constructor: (2, n_par, len(t))."""
+        _, right_points, mix = _grad_kernels()
+        lams = self.times
+        out = np.zeros((2, self.n_par, lams.shape[0]))
+        if lams.size and self.n_par:
+            small = lams <= self.max_steps
+            k_needed, at = -1, 0.0
+            if small.any():
+                rp = right_points(lams[small], self.bound_a, self.bound_d, _GRAD_SHARE_SIDE)
+                i = int(np.argmax(rp))
+                k_needed, at = int(rp[i]), float(lams[small][i])
+            if not small.all():
+                k_needed, at = self.max_steps + 1, float(lams[~small].max())
+            self.extend(k_needed, at)
+            bad = mix(
+                lams, self.bound_a, self.bound_d, _GRAD_SHARE_SIDE, self.dm, self.de,
+                self.n_avail, self.exhausted, out,
+            )  # fmt: skip
+            if bad >= 0:  # pragma: no cover - right_points and mix walk the same window
+                raise RuntimeError(f"internal error: Poisson window at λt={lams[bad]!r}")
+        out[1] *= self.lam
+        return out
+
+
 # -- public functions ----------------------------------------------------------------------
 def _prepare(trace, theta, rewards, tol, max_steps):
     th, single = as_thetas(trace, theta)
@@ -481,27 +945,71 @@ def _prepare(trace, theta, rewards, tol, max_steps):
     return th, single, r
 
 
-def _distribution(trace, t, theta, rewards, tol, max_steps, which: int):
-    th, single, r = _prepare(trace, theta, rewards, tol, max_steps)
+def _times(t) -> np.ndarray:
     try:
-        tt = np.asarray(t, dtype=np.float64)
+        return np.asarray(t, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"t is not an array of numbers: {exc}") from None
+
+
+#: Values before 0 and at ∞ of (sf, cdf, pdf): before 0 nothing is absorbed, at ∞ all is.
+_EDGES = {0: (1.0, 0.0), 1: (0.0, 1.0), 2: (0.0, 0.0)}
+
+
+def _one_theta(trace, flat, theta, r, tol, max_steps, which, gradient=False, dt=False):
+    """Values of kind ``which`` (0 sf, 1 cdf, 2 pdf) at the times ``flat`` (1-d), at one
+    θ; with ``gradient`` also their derivatives in θ (len(flat), n_params), with ``dt``
+    their derivatives in ``t`` (sf and cdf only: ``∓pdf``). Returns ``(values, grad, dt)``
+    (``None`` for what was not asked)."""
+    finite = np.isfinite(flat) & (flat >= 0)
+    nan = np.isnan(flat)
+    chain = _Chain(trace, theta, r, tol, which == 2, max_steps)  # checks the rates
+    res = np.empty(flat.size)
+    res[nan] = np.nan
+    res[flat < 0] = _EDGES[which][0]
+    res[flat == np.inf] = _EDGES[which][1]
+    all3 = chain.evaluate(flat[finite])
+    vals = all3[which]
+    res[finite] = np.clip(vals, 0.0, 1.0) if which < 2 else np.maximum(vals, 0.0)
+    grad = ddt = None
+    if gradient and not trace.n_params:
+        grad = np.zeros((flat.size, 0))
+    elif gradient:
+        tangent = _TangentChain(trace, theta, r, tol, which == 2, max_steps, flat[finite])
+        d = tangent.evaluate()
+        grad = np.zeros((flat.size, trace.n_params))
+        grad[nan] = np.nan
+        grad[finite] = {0: d[0], 1: -d[0], 2: d[1]}[which].T
+    if dt:
+        ddt = np.zeros(flat.size)
+        ddt[nan] = np.nan
+        ddt[finite] = np.maximum(all3[2], 0.0) * (-1.0 if which == 0 else 1.0)
+    return res, grad, ddt
+
+
+def _distribution(trace, t, theta, rewards, tol, max_steps, which: int):
+    th, single, r = _prepare(trace, theta, rewards, tol, max_steps)
+    tt = _times(t)
     flat = tt.ravel()
     out = np.empty((th.shape[0], flat.size))
-    finite = np.isfinite(flat) & (flat >= 0)
-    # Outside [0, ∞): before 0 nothing is absorbed; at ∞ everything is.
-    edge = {0: (1.0, 0.0), 1: (0.0, 1.0), 2: (0.0, 0.0)}[which]
     for b in range(th.shape[0]):
-        chain = _Chain(trace, th[b], r, tol, which == 2, max_steps)  # checks the rates
-        res = out[b]
-        res[np.isnan(flat)] = np.nan
-        res[flat < 0] = edge[0]
-        res[flat == np.inf] = edge[1]
-        vals = chain.evaluate(flat[finite])[which]
-        res[finite] = np.clip(vals, 0.0, 1.0) if which < 2 else np.maximum(vals, 0.0)
+        out[b] = _one_theta(trace, flat, th[b], r, tol, max_steps, which)[0]
     out = out.reshape((th.shape[0], *tt.shape))
     return out[0][()] if single else out
+
+
+def _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, which: int):
+    th, single, r = _prepare(trace, theta, rewards, tol, max_steps)
+    tt = _times(t)
+    flat = tt.ravel()
+    n_par = trace.n_params
+    out = np.empty((th.shape[0], flat.size))
+    grad = np.empty((th.shape[0], flat.size, n_par))
+    for b in range(th.shape[0]):
+        out[b], grad[b], _ = _one_theta(trace, flat, th[b], r, tol, max_steps, which, gradient=True)
+    out = out.reshape((th.shape[0], *tt.shape))
+    grad = grad.reshape((th.shape[0], *tt.shape, n_par))
+    return (out[0][()], grad[0]) if single else (out, grad)
 
 
 def pdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
@@ -687,3 +1195,134 @@ def _quantile_one(chain: _Chain, p: float) -> float:
         else:
             t = 0.5 * (lo + hi)
     return 0.5 * (lo + hi)
+
+
+# -- derivatives in θ ----------------------------------------------------------------------
+def sf_and_gradient(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
+    """:func:`sf` and its derivatives ``∂ P(T > t)/∂θ``.
+
+    The derivatives are exact up to a truncation error of at most ``tol`` per entry (by
+    a rigorous bound, plus rounding; ``docs/distribution.md``, *Gradients*). They hold
+    the uniformization rate ``λ`` fixed and propagate the tangents
+    ``π'_k = π'_{k−1}P + π_{k−1}P'`` alongside ``π_k``: about ``n_params + 1`` times the
+    sparse work of the values, over up to about 2.5 times the steps when the times reach
+    past the point where the mass has run out (the tangents must run out too).
+
+    Parameters
+    ----------
+    trace, t, theta, rewards, tol, max_steps
+        As in :func:`sf`. With rewards, the derivatives are carried through the
+        elimination of the zero-reward states (complex-step differentiation of it).
+
+    Returns
+    -------
+    (values, gradient)
+        ``values`` exactly as :func:`sf` returns them (the same bits); ``gradient`` has the
+        shape of ``values`` plus a trailing axis ``(n_params,)``. It is 0 at times ``< 0``
+        and at ``∞``, NaN at NaN.
+
+    Raises
+    ------
+    InvalidParameterError
+        As :func:`sf` (the message says "the gradient" when only the derivatives would
+        need more than ``max_steps`` steps).
+
+    Examples
+    --------
+    ``T ~ Exp(θ)``: ``P(T > t) = e^{−θt}`` and ``∂/∂θ = −t·e^{−θt}``.
+
+    >>> import phasetrace as pt
+    >>> tr = pt.record_trace(pt.models.kingman(2, state_space="lineages"))
+    >>> value, grad = sf_and_gradient(tr, [0.5, 1.0], [2.0])
+    >>> grad.shape
+    (2, 1)
+    >>> grad[:, 0].round(10).tolist()   # −0.5·e^{−1}, −e^{−2}
+    [-0.1839397206, -0.1353352832]
+    """
+    return _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, 0)
+
+
+def cdf_and_gradient(
+    trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+):
+    """:func:`cdf` and its derivatives ``∂F(t)/∂θ = −∂ P(T > t)/∂θ``.
+
+    Parameters, returns (``values`` exactly as :func:`cdf`), error bound and cost as in
+    :func:`sf_and_gradient`.
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> tr = pt.record_trace(pt.models.kingman(2, state_space="lineages"))
+    >>> F, dF = cdf_and_gradient(tr, 0.5, [[2.0], [1.0]])   # a batch: (B,), (B, n_params)
+    >>> dF.round(10).tolist()                               # t·e^{−θt}
+    [[0.1839397206], [0.3032653299]]
+    """
+    return _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, 1)
+
+
+def pdf_and_gradient(
+    trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+):
+    """:func:`pdf` and its derivatives ``∂f(t)/∂θ``.
+
+    As :func:`sf_and_gradient` (``values`` exactly as :func:`pdf`); the truncation error
+    of each derivative is at most ``tol·max(1, largest exit rate)``, the density's scale.
+
+    Examples
+    --------
+    ``f(t) = θe^{−θt}``, ``∂f/∂θ = (1 − θt)·e^{−θt}``:
+
+    >>> import phasetrace as pt
+    >>> tr = pt.record_trace(pt.models.kingman(2, state_space="lineages"))
+    >>> f, df = pdf_and_gradient(tr, 0.25, [2.0])
+    >>> round(float(df[0]), 10)
+    0.3032653299
+    """
+    return _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, 2)
+
+
+def quantile_and_gradient(
+    trace, p, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+):
+    """:func:`quantile` and its derivatives ``∂q/∂θ``, by the implicit function theorem.
+
+    ``F(q(θ); θ) = p`` gives ``∂q/∂θ = −(∂F/∂θ)(q) / f(q)``. Where ``q`` is 0 (``p`` at or
+    below the atom at 0) or ``∞`` (``p = 1``) the derivative is taken as 0; where the
+    density at ``q`` is 0 it is not finite (``±inf``, or NaN). The error is about
+    ``(tol + |∂q/∂θ|·tol')/f(q)`` with ``tol'`` the density's error: large where the
+    density is small (the far tails).
+
+    Returns
+    -------
+    (q, gradient)
+        ``q`` exactly as :func:`quantile`; ``gradient`` of shape ``q.shape + (n_params,)``.
+
+    Examples
+    --------
+    For ``Exp(θ)``, ``q = −ln(1 − p)/θ`` and ``∂q/∂θ = −q/θ``:
+
+    >>> import math, phasetrace as pt
+    >>> tr = pt.record_trace(pt.models.kingman(2, state_space="lineages"))
+    >>> q, dq = quantile_and_gradient(tr, 0.5, [2.0])
+    >>> bool(abs(dq[0] + math.log(2) / 4) < 1e-9)
+    True
+    """
+    q = quantile(trace, p, theta, rewards=rewards, tol=tol, max_steps=max_steps)
+    th, _, r = _prepare(trace, theta, rewards, tol, max_steps)
+    qq = np.asarray(q, dtype=np.float64).reshape(th.shape[0], -1)
+    n_par = trace.n_params
+    grad = np.zeros((*qq.shape, n_par))
+    for b in range(th.shape[0]):
+        qb = qq[b]
+        grad[b, np.isnan(qb)] = np.nan
+        inner = np.flatnonzero((qb > 0) & (qb < np.inf))
+        if not inner.size:
+            continue
+        _, dsf, _ = _one_theta(trace, qb[inner], th[b], r, tol, max_steps, 0, gradient=True)
+        dens = _one_theta(trace, qb[inner], th[b], r, tol, max_steps, 2)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grad[b, inner] = dsf / dens[:, None]  # −(∂F/∂θ)/f with ∂F = −∂sf
+    shape = np.shape(q)
+    grad = grad.reshape((*shape, n_par))
+    return q, grad

@@ -111,3 +111,14 @@ class ExecutorClosedError(PhasetraceError, RuntimeError):
 
 class CacheWarning(UserWarning):
     """The trace cache met a corrupt entry or an unusable directory and carried on without it."""
+
+
+class PrecisionWarning(UserWarning):
+    """A parameter vector reached phasetrace in less than float64 precision.
+
+    Raised (as a warning, once per function) by the functions of :mod:`phasetrace.jax`
+    when θ arrives as float32, JAX's default while ``jax_enable_x64`` is off: θ was rounded
+    to about 7 significant digits before phasetrace saw it (1.3 becomes 1.2999999523), so
+    a fit cannot get closer than that. Call ``jax.config.update("jax_enable_x64", True)``
+    at the start of the program, before creating any JAX array.
+    """

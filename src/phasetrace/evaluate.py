@@ -23,28 +23,34 @@ import math
 
 import numpy as np
 
-from ._args import as_k, as_rewards, as_thetas, bad_rate_error, transient_rewards
+from ._args import (
+    ZeroRatePlan,
+    as_k,
+    as_rewards,
+    as_thetas,
+    edge_rates,
+    transient_rewards,
+    zero_rate_plan,
+)
 from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY
 
 
-def slot_values(trace, thetas: np.ndarray) -> np.ndarray:
+def slot_values(trace, thetas: np.ndarray, rates: np.ndarray | None = None) -> np.ndarray:
     """Every slot of the weight program at each θ: shape (n_ops, B).
 
-    Raises :class:`~phasetrace.errors.InvalidParameterError` for a rate that is not > 0.
+    ``rates`` (B, n_edges), when given, are the edge rates to load (see
+    :func:`evaluation_rates`); else they are computed from θ. Raises
+    :class:`~phasetrace.errors.InvalidParameterError` for a θ that cannot be evaluated.
     """
     arr = trace.arrays
     code, a, b, c = (arr[n].tolist() for n in ("code", "a", "b", "c"))
     sum_args, consts = arr["sum_args"].tolist(), arr["consts"]
-    base, coef = arr["input_base"], arr["input_coef"]
+    if rates is None:
+        rates = evaluation_rates(trace, thetas)
     vals = np.empty((len(code), thetas.shape[0]))
     for j, cd in enumerate(code):
         if cd == LOAD:
-            v = np.full(thetas.shape[0], base[a[j]])
-            for i in range(trace.n_params):  # left to right, as Edge.weight_at
-                v = v + coef[a[j], i] * thetas[:, i]
-            bad = np.flatnonzero(~(v > 0))
-            if bad.size:
-                raise bad_rate_error(trace, a[j], v[bad[0]], thetas[bad[0]])
+            v = rates[:, a[j]]
         elif cd == CONST:
             v = consts[a[j]]
         elif cd == SUM:
@@ -64,6 +70,24 @@ def slot_values(trace, thetas: np.ndarray) -> np.ndarray:
             raise ValueError(f"unknown opcode {cd} at op {j}")
         vals[j] = v
     return vals
+
+
+def evaluation_rates(trace, thetas: np.ndarray) -> np.ndarray:
+    """The edge rates (B, n_edges) to replay at each θ, as the kernel uses them.
+
+    ``base + coef·θ`` (left to right). A θ at which some rates are exactly 0 is evaluated
+    with the rates of :func:`~phasetrace._args.zero_rate_plan` (the zero out-edges of
+    vertices that cannot matter set to 1); a θ that cannot be evaluated raises
+    :class:`~phasetrace.errors.InvalidParameterError`.
+    """
+    rates = edge_rates(trace, thetas)
+    for i in np.flatnonzero(~((rates > 0) & (rates < np.inf)).all(axis=1)).tolist():
+        plan = zero_rate_plan(trace, thetas[i], rates[i])
+        if isinstance(plan, ZeroRatePlan):
+            rates[i] = plan.rates
+        elif plan is not None:
+            raise plan  # an InvalidParameterError
+    return rates
 
 
 def apply_F(trace, vals: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -5,6 +5,18 @@ vectors) and weighted edges (rates). One starting vertex (state all zeros) carri
 initial distribution on its out-edges; vertices without out-edges are absorbing. An edge
 is either constant (``weight``) or parameterized: ``weight + coefficients · θ``.
 
+The starting vertex is not a state of the chain: it spends no time and has no in-edges,
+so the all-zero state is **reserved** for it, and every way of building a graph refuses
+it as an ordinary state (a queue that starts empty, ``[0] → [1] → [2]``, would otherwise
+silently lose its first step). Shift the encoding instead (store ``n + 1`` for ``n``), or
+add a component that is 1 in every state.
+
+Input is checked, not coerced: state entries must be integers (Python or numpy ints, or
+floats with an integral value) in the int64 range, rates and coefficients real numbers
+(not strings or booleans); anything else is an :class:`InvalidGraphError` naming the
+state or edge. Sizes (``state_length``, ``n_params``) of the wrong type are a
+``TypeError``.
+
 Rules (``docs/algorithm.md``, "The model") are checked where they can be broken: a bad
 edge is refused by ``add_edge`` and whole-graph rules by :meth:`Graph.validate`, which
 :func:`phasetrace.record_trace` runs before any work. Nothing is silently fixed.
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +40,29 @@ from .errors import InvalidGraphError
 
 #: Tolerance on ``|Σα − 1|`` for the initial distribution.
 INITIAL_SUM_TOL = 1e-12
+#: Largest ``state_length`` and ``n_params`` a :class:`Graph` accepts (far beyond any model
+#: that fits in memory; a larger value is a mistake, refused before anything is allocated).
+MAX_STATE_LENGTH = 1 << 20
+MAX_PARAMS = 1 << 20
+#: Largest document :meth:`Graph.from_json` reads (characters of a str, or bytes).
+MAX_JSON_BYTES = 1 << 30
+#: :meth:`Graph.from_json` refuses a document whose dense coefficient table (edges ×
+#: n_params, 8 bytes each) has more entries than this many per byte of the document, plus
+#: ``_JSON_COEF_FREE``: a small document cannot make it allocate gigabytes.
+_JSON_COEF_PER_BYTE = 16
+_JSON_COEF_FREE = 1 << 20
 _JSON_FORMAT = "phasetrace.graph"
 _JSON_VERSION = 1
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+#: Why the all-zero state cannot be an ordinary state (used in every message about it).
+_START_RESERVED = (
+    "the all-zero state is reserved for the starting vertex, which is not a state of the "
+    "chain: it only carries the initial distribution (its out-edges) and spends no time. "
+    "To model a chain that starts in an all-zero state, shift your state encoding (store "
+    "n + 1 for n) or add a component that is 1 in every state, and make that state the "
+    "initial one"
+)
 
 # An edge as stored: (base weight, coefficients tuple or None for a constant edge).
 _EdgeData = tuple[float, tuple[float, ...] | None]
@@ -140,8 +174,9 @@ class Vertex:
     ) -> None:
         """Add an edge whose rate is ``weight + coefficients · θ``.
 
-        ``coefficients`` must have length ``n_params``; the rate must be ``> 0`` at every θ
-        the trace is evaluated at (checked then).
+        ``coefficients`` must have length ``n_params``; the rate must be finite and
+        ``>= 0`` at every θ the trace is evaluated at (checked then). A rate of exactly 0
+        contributes nothing; a reachable state whose every rate is 0 is an error then.
 
         Examples
         --------
@@ -172,9 +207,17 @@ class Graph:
     Parameters
     ----------
     state_length : int
-        Length of every state vector. The starting vertex has the all-zero state.
+        Length of every state vector, 1 to :data:`MAX_STATE_LENGTH`. The starting vertex
+        has the all-zero state, which no other vertex may have.
     n_params : int, default 0
-        Length of θ for parameterized edges.
+        Length of θ for parameterized edges, 0 to :data:`MAX_PARAMS`.
+
+    Raises
+    ------
+    TypeError
+        If ``state_length`` or ``n_params`` is not an int (a bool or a float is not).
+    ValueError
+        If one is out of range.
 
     Examples
     --------
@@ -191,16 +234,8 @@ class Graph:
     """
 
     def __init__(self, state_length: int, n_params: int = 0):
-        if isinstance(state_length, bool) or not isinstance(state_length, int | np.integer):
-            raise ValueError(f"state_length must be a positive int, got {state_length!r}")
-        if state_length < 1:
-            raise ValueError(f"state_length must be a positive int, got {state_length!r}")
-        if isinstance(n_params, bool) or not isinstance(n_params, int | np.integer):
-            raise ValueError(f"n_params must be a non-negative int, got {n_params!r}")
-        if n_params < 0:
-            raise ValueError(f"n_params must be a non-negative int, got {n_params!r}")
-        self.state_length = int(state_length)
-        self.n_params = int(n_params)
+        self.state_length = _size_arg(state_length, "state_length", 1, MAX_STATE_LENGTH)
+        self.n_params = _size_arg(n_params, "n_params", 0, MAX_PARAMS)
         start = (0,) * self.state_length
         # Two representations: Python structures (what the vertex/edge API edits) and
         # arrays (what validation, decomposition and keys read). Either may be missing
@@ -268,7 +303,7 @@ class Graph:
         return Vertex(self, 0)
 
     def _key(self, state: Iterable[int]) -> tuple[int, ...]:
-        key = tuple(int(s) for s in state)
+        key = _state_tuple(state)
         if len(key) != self.state_length:
             raise InvalidGraphError(
                 f"state {list(key)} has length {len(key)}, "
@@ -277,13 +312,27 @@ class Graph:
         return key
 
     def find_vertex(self, state: Iterable[int]) -> Vertex | None:
-        """The vertex with this state, or ``None``."""
+        """The vertex with this state, or ``None`` (the all-zero state is the start's)."""
         i = self._index.get(self._key(state))
         return None if i is None else Vertex(self, i)
 
     def find_or_create_vertex(self, state: Iterable[int]) -> Vertex:
-        """The vertex with this state, created (without edges) if it does not exist."""
+        """The vertex with this state, created (without edges) if it does not exist.
+
+        ``state`` is a sequence of ``state_length`` integers (Python or numpy integers,
+        or floats with an integral value), each in the int64 range. The all-zero state is
+        refused: it belongs to the starting vertex (:meth:`starting_vertex`), which is
+        not a state of the chain.
+
+        Raises
+        ------
+        InvalidGraphError
+            For an entry that is not an integer or out of range, a state of another
+            length, or the all-zero state.
+        """
         key = self._key(state)
+        if not any(key):
+            raise InvalidGraphError(f"state {list(key)}: {_START_RESERVED}")
         i = self._index.get(key)
         if i is None:
             self._changed()
@@ -322,19 +371,13 @@ class Graph:
             raise InvalidGraphError(f"{where}: self-loops are not allowed (they change nothing)")
         if dst == 0:
             raise InvalidGraphError(
-                f"{where}: the starting vertex cannot have in-edges (the all-zero state is "
-                "reserved for it; shift your states if one of them is all zeros)"
+                f"{where}: the starting vertex cannot have in-edges ({_START_RESERVED})"
             )
         if dst in self._out[src]:
             raise InvalidGraphError(
                 f"{where}: a parallel edge; this edge exists already (add the rates into one edge)"
             )
-        try:
-            base = float(weight)
-        except (TypeError, ValueError):
-            raise InvalidGraphError(f"{where}: weight {weight!r} is not a number") from None
-        if not math.isfinite(base):
-            raise InvalidGraphError(f"{where}: weight {base!r} is not finite")
+        base = _weight(weight, where)
         coefs = None
         if coefficients is not None:
             coefs = self._check_coefficients(where, src, coefficients)
@@ -348,7 +391,7 @@ class Graph:
             raise InvalidGraphError(
                 f"{where}: the initial distribution must be constant; use add_edge"
             )
-        coefs = tuple(float(c) for c in np.asarray(coefficients, dtype=float).ravel())
+        coefs = _coefficients(coefficients, where)
         if len(coefs) != self.n_params:
             raise InvalidGraphError(
                 f"{where}: {len(coefs)} coefficients given, the graph has n_params={self.n_params}"
@@ -448,25 +491,45 @@ class Graph:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Graph:
-        """Rebuild a graph written by :meth:`to_json` (vertices in canonical order)."""
+        """Rebuild a graph written by :meth:`to_json`.
+
+        The document is checked entry by entry before anything is built, and every
+        problem is reported with its place (``edges[3][1]: -1 is not a vertex index``):
+        vertex indices are ints in range, states are rows of ``state_length`` ints in the
+        int64 range (the first all zeros, the start; no other all-zero or repeated row),
+        rates and coefficients are finite numbers (a boolean is not a number, a float is
+        not an index), and ``n_params`` equals the length of every coefficient list.
+
+        Sizes read from the document are checked against its own content before any
+        allocation: ``state_length`` must equal the length of the vertex rows, and the
+        dense coefficient table (edges × ``n_params``) may not exceed a fixed multiple of
+        the document's size. Documents above :data:`MAX_JSON_BYTES` are refused unread.
+
+        Raises
+        ------
+        InvalidGraphError
+            For anything but a valid graph document.
+        TypeError
+            If ``text`` is neither ``str`` nor bytes.
+        """
+        if isinstance(text, memoryview):
+            text = text.tobytes()
+        if not isinstance(text, str | bytes | bytearray):
+            raise TypeError(f"Graph.from_json expects str or bytes, got {type(text).__name__}")
+        if len(text) > MAX_JSON_BYTES:
+            raise InvalidGraphError(
+                f"graph document of {len(text)} bytes, above the limit of {MAX_JSON_BYTES} "
+                "(phasetrace.graph.MAX_JSON_BYTES)"
+            )
         try:
-            doc = json.loads(text)
-            if doc.get("format") != _JSON_FORMAT or doc.get("version") != _JSON_VERSION:
-                raise InvalidGraphError(
-                    f"not a phasetrace graph document of version {_JSON_VERSION}: "
-                    f"format={doc.get('format')!r} version={doc.get('version')!r}"
-                )
-            g = cls(int(doc["state_length"]), int(doc["n_params"]))
-            verts = [g.find_or_create_vertex(s) for s in doc["vertices"]]
-            if verts[0].index != 0:
-                raise InvalidGraphError("the first vertex of a graph document must be the start")
-            for src, dst, base, coefs in doc["edges"]:
-                g._add_edge(src, verts[dst], base, coefs)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            if isinstance(exc, InvalidGraphError):
-                raise
-            raise InvalidGraphError(f"malformed graph document: {exc}") from exc
-        return g
+            doc = json.loads(text, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise InvalidGraphError(
+                "malformed graph document: nested too deeply (a graph document nests 4 levels)"
+            ) from None
+        except (ValueError, TypeError) as exc:
+            raise InvalidGraphError(f"malformed graph document: {_cut(str(exc), 200)}") from None
+        return _graph_from_document(cls, doc, len(text))
 
     def content_key(self) -> str:
         """sha256 (hex) of the graph's canonical content: equal graphs, equal keys.
@@ -516,8 +579,10 @@ class Graph:
             ``rate`` is a number (constant edge) or a pair ``(base, coefficients)``
             (parameterized). An empty list makes ``state`` absorbing. Several transitions
             to the same ``next_state`` are **summed** into one edge (bases and coefficients).
+            A ``next_state`` of all zeros is refused before the callback sees it (that
+            state is the starting vertex's; shift the encoding).
         initial : state or list of (state, probability)
-            Where the chain starts.
+            Where the chain starts (not the all-zero state).
         n_params : int
             Length of θ.
 
@@ -533,10 +598,15 @@ class Graph:
         >>> float(pt.record_trace(g).expectation([1.0]))  # 2(1 - 1/4)
         1.5
         """
+        n_params = _size_arg(n_params, "n_params", 0, MAX_PARAMS)
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         pairs = _initial_pairs(initial)
         index: dict[tuple[int, ...], int] = {}
         for state, _ in pairs:
-            index.setdefault(tuple(int(s) for s in state), len(index))
+            if not any(state):
+                raise InvalidGraphError(f"initial state {list(state)}: {_START_RESERVED}")
+            index.setdefault(state, len(index))
         states = list(index)
         src: list[int] = []
         dst: list[int] = []
@@ -544,9 +614,15 @@ class Graph:
         coef: list[tuple[float, ...] | None] = []
         i = 0
         while i < len(states):  # breadth first: the list grows while we walk it
-            for nxt, (b, c) in _merge_transitions(callback(states[i]), n_params).items():
+            transitions = callback(states[i])
+            for nxt, (b, c) in _merge_transitions(states[i], transitions, n_params).items():
                 j = index.get(nxt)
                 if j is None:
+                    if not any(nxt):  # before the callback sees it
+                        raise InvalidGraphError(
+                            f"state {list(nxt)}, reached from state {list(states[i])}: "
+                            f"{_START_RESERVED}"
+                        )
                     j = index[nxt] = len(states)
                     states.append(nxt)
                 src.append(i)
@@ -570,7 +646,7 @@ class Graph:
         lengths = {len(s) for s in states}
         if len(lengths) != 1:
             raise InvalidGraphError(f"states have different lengths {sorted(lengths)}")
-        initial = ([index[tuple(int(x) for x in s)] for s, _ in pairs], [p for _, p in pairs])
+        initial = ([index[s] for s, _ in pairs], [p for _, p in pairs])
         return cls._build(
             _int_array(states, "states").reshape(len(states), -1),
             np.asarray(src, dtype=np.int64),
@@ -639,8 +715,12 @@ class Graph:
         if st.ndim != 2 or st.shape[1] < 1:
             raise InvalidGraphError(f"states must be (N, state_length); got shape {st.shape}")
         w = _float_array(weights, "weights")
+        if w.ndim != 1:
+            raise InvalidGraphError(f"weights must be (E,); got shape {w.shape}")
+        if n_params is not None:
+            n_params = _size_arg(n_params, "n_params", 0, MAX_PARAMS)
         if coefficients is None:
-            p = 0 if n_params is None else int(n_params)
+            p = 0 if n_params is None else n_params
             coef = np.zeros((w.shape[0], p))
         else:
             coef = _float_array(coefficients, "coefficients")
@@ -649,10 +729,21 @@ class Graph:
                 raise InvalidGraphError(
                     f"coefficients must be (E, n_params) with E={w.shape[0]}; got {coef.shape}"
                 )
-            p = coef.shape[1] if n_params is None else int(n_params)
+            p = coef.shape[1] if n_params is None else n_params
             if coef.shape[1] != p:
                 raise InvalidGraphError(f"coefficients have {coef.shape[1]} columns, n_params={p}")
-        idx, probs = initial
+        try:
+            idx, probs = initial
+        except (TypeError, ValueError):
+            raise InvalidGraphError(
+                f"initial must be (indices, probabilities); got {_short(initial)}"
+            ) from None
+        idx, probs = _int_array(idx, "initial indices"), _float_array(probs, "probabilities")
+        if idx.ndim != 1 or probs.ndim != 1:
+            raise InvalidGraphError(
+                f"initial indices and probabilities must be 1-d; got shapes {idx.shape} and "
+                f"{probs.shape}"
+            )
         return cls._build(
             st,
             _int_array(src, "src"),
@@ -660,7 +751,7 @@ class Graph:
             w,
             coef,
             coef.any(axis=1),
-            (_int_array(idx, "initial indices").tolist(), _float_array(probs, "probabilities")),
+            (idx.tolist(), probs),
             p,
         )
 
@@ -809,6 +900,9 @@ class Graph:
 
 
 def _initial_pairs(initial) -> list[tuple[tuple[int, ...], float]]:
+    """``from_callback``'s ``initial``: one state, or ``(state, probability)`` pairs."""
+    if isinstance(initial, str | bytes | bytearray) or not isinstance(initial, Iterable):
+        raise InvalidGraphError(f"initial state {_short(initial)} is not a sequence of integers")
     items = list(initial)
     if (
         items
@@ -816,22 +910,53 @@ def _initial_pairs(initial) -> list[tuple[tuple[int, ...], float]]:
         and len(items[0]) == 2
         and isinstance(items[0][0], Sequence | np.ndarray)
     ):
-        return [(tuple(int(s) for s in st), float(p)) for st, p in items]
-    return [(tuple(int(s) for s in items), 1.0)]
+        pairs = []
+        for item in items:
+            if not (isinstance(item, Sequence | np.ndarray) and len(item) == 2):
+                raise InvalidGraphError(
+                    f"initial: {_short(item)} is not a (state, probability) pair"
+                )
+            state = _state_tuple(item[0])
+            pairs.append((state, _number(item[1], f"initial {list(state)}: probability")))
+        return pairs
+    return [(_state_tuple(items), 1.0)]
 
 
-def _merge_transitions(transitions, n_params: int) -> dict:
+def _merge_transitions(source: tuple[int, ...], transitions, n_params: int) -> dict:
+    """A callback's ``[(next_state, rate), ...]`` for ``source``, checked and summed by target."""
+    if isinstance(transitions, str | bytes) or not isinstance(transitions, Iterable):
+        raise InvalidGraphError(
+            f"state {list(source)}: the callback returned {_short(transitions)}, expected a "
+            "list of (next_state, rate) pairs"
+        )
     merged: dict[tuple[int, ...], tuple[float, tuple[float, ...] | None]] = {}
-    for nxt, rate in transitions:
-        key = tuple(int(s) for s in nxt)
-        if (
+    for item in transitions:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise InvalidGraphError(
+                f"state {list(source)}: the callback returned {_short(item)} among its "
+                "transitions, expected a (next_state, rate) pair"
+            )
+        nxt, rate = item
+        key = _state_tuple(nxt)
+        rate_type = type(rate)
+        if rate_type is float and math.isfinite(rate):  # the common cases first
+            base, coefs = rate, None
+        elif (
+            (rate_type is tuple or rate_type is list)
+            and len(rate) == 2
+            and type(rate[0]) is float
+            and math.isfinite(rate[0])
+            and type(rate[1]) is list
+        ):
+            base, coefs = rate[0], _coefficients(rate[1], source, key)
+        elif (
             isinstance(rate, tuple | list)
             and len(rate) == 2
-            and not isinstance(rate[1], float | int)
+            and not isinstance(rate[1], numbers.Number)
         ):
-            base, coefs = float(rate[0]), tuple(float(c) for c in rate[1])
+            base, coefs = _weight(rate[0], source, key), _coefficients(rate[1], source, key)
         else:
-            base, coefs = float(rate), None
+            base, coefs = _weight(rate, source, key), None
         if key in merged:
             b0, c0 = merged[key]
             if c0 is None and coefs is None:
@@ -839,10 +964,281 @@ def _merge_transitions(transitions, n_params: int) -> dict:
             else:
                 c0 = c0 or (0.0,) * n_params
                 c1 = coefs or (0.0,) * n_params
+                if len(c0) != len(c1):
+                    raise InvalidGraphError(
+                        f"{_edge_name(source, key)}: {len(c1)} coefficients given, the graph "
+                        f"has n_params={n_params}"
+                    )
                 merged[key] = (b0 + base, tuple(x + y for x, y in zip(c0, c1, strict=True)))
         else:
             merged[key] = (base, coefs)
     return merged
+
+
+# -- checking what users hand in --------------------------------------------------------------
+def _py(x):
+    """A numpy scalar as the Python number it holds (for readable messages)."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _short(x, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters, for messages (safe for huge ints too)."""
+    try:
+        text = repr(_py(x))
+    except ValueError:  # an int beyond Python's digit limit for str()
+        text = f"<{type(x).__name__} too large to show>"
+    return _cut(text, limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(x) -> str:
+    """'a list', 'an int', 'null': the JSON-ish kind of a value, for messages."""
+    if x is None:
+        return "null"
+    name = type(x).__name__
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _size_arg(value, name: str, lo: int, hi: int) -> int:
+    """``state_length``/``n_params`` of the API: an int (not a bool) in ``[lo, hi]``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {_short(value)} ({type(value).__name__})")
+    value = int(value)
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if value > hi:
+        raise ValueError(
+            f"{name}={value} is above the limit of {hi} (phasetrace.graph.MAX_"
+            f"{'STATE_LENGTH' if name == 'state_length' else 'PARAMS'})"
+        )
+    return value
+
+
+_INTS = frozenset((int,))
+
+
+def _state_tuple(state) -> tuple[int, ...]:
+    """A state as a tuple of Python ints in the int64 range; never truncated.
+
+    Accepted entries: Python and numpy integers (bools count as 0/1) and floats with an
+    integral value. Anything else is an :class:`InvalidGraphError` naming the entry.
+    """
+    if type(state) is tuple:
+        items = state
+    elif isinstance(state, np.ndarray) and state.ndim == 1:
+        items = tuple(state.tolist())
+    elif isinstance(state, str | bytes | bytearray | np.ndarray) or not isinstance(state, Iterable):
+        raise InvalidGraphError(f"state {_short(state)} is not a sequence of integers")
+    else:
+        items = tuple(state)
+    if set(map(type, items)) <= _INTS and (
+        not items or (min(items) >= _I64_MIN and max(items) <= _I64_MAX)
+    ):
+        return items
+    return tuple(_state_entry(v, items) for v in items)
+
+
+def _state_entry(v, items) -> int:
+    if isinstance(v, bool | np.bool_):
+        return int(v)
+    integral = isinstance(v, int | np.integer) or (
+        isinstance(v, float | np.floating) and math.isfinite(v) and float(v).is_integer()
+    )
+    if integral:
+        out = int(v)
+    else:
+        shown = _short([_py(x) for x in items], 80)
+        raise InvalidGraphError(f"state {shown}: entry {_short(v)} is not an integer")
+    if not _I64_MIN <= out <= _I64_MAX:
+        shown = _short([_py(x) for x in items], 80)
+        raise InvalidGraphError(f"state {shown}: entry {_short(out)} is out of int64 range")
+    return out
+
+
+def _number(value, what: str) -> float:
+    """A rate or probability as a float; ``inf`` for an int too large for a float."""
+    if type(value) is float:
+        return value
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise InvalidGraphError(f"{what} {_short(value)} is not a number")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _edge_name(source: tuple[int, ...], target: tuple[int, ...]) -> str:
+    return f"edge state {list(source)} -> state {list(target)}"
+
+
+def _weight(weight, where, target=None) -> float:
+    """A finite rate as a float. ``where`` names the edge, or is its source state (a
+    tuple) with ``target`` (the name is only built for a message)."""
+    if type(weight) is float and math.isfinite(weight):
+        return weight
+    if target is not None:
+        where = _edge_name(where, target)
+    base = _number(weight, f"{where}: weight")
+    if not math.isfinite(base):
+        raise InvalidGraphError(f"{where}: weight {_short(weight)} is not finite")
+    return base
+
+
+_PLAIN_NUMBERS = frozenset((float, int))
+
+
+def _coefficients(coefficients, where, target=None) -> tuple[float, ...]:
+    """Coefficients as a tuple of floats: a flat sequence of real numbers (not bools).
+    ``where`` and ``target`` as for :func:`_weight`."""
+    if type(coefficients) in (list, tuple) and set(map(type, coefficients)) <= _PLAIN_NUMBERS:
+        try:  # the common case
+            return tuple(map(float, coefficients))
+        except OverflowError:
+            pass
+    if target is not None:
+        where = _edge_name(where, target)
+    bad = isinstance(coefficients, str | bytes)
+    if not bad:
+        try:
+            arr = np.asarray(coefficients)
+        except (TypeError, ValueError, OverflowError):
+            bad = True
+        else:
+            bad = arr.ndim != 1 or (arr.size > 0 and arr.dtype.kind not in "iuf")
+    if bad:
+        raise InvalidGraphError(
+            f"{where}: coefficients {_short(coefficients)} must be a flat sequence of numbers"
+        )
+    return tuple(arr.astype(np.float64).tolist())
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not allowed in a graph document (rates must be finite)")
+
+
+def _doc_fail(message: str):
+    raise InvalidGraphError(f"malformed graph document: {message}")
+
+
+def _doc_int(doc: dict, name: str, lo: int) -> int:
+    value = doc[name]
+    if type(value) is not int:
+        _doc_fail(f"{name}: {_short(value)} is not an int")
+    if value < lo:
+        _doc_fail(f"{name}: {value} must be >= {lo}")
+    return value
+
+
+def _doc_number(value, place: str) -> float:
+    if type(value) is float:
+        out = value
+    elif type(value) is int:
+        try:
+            out = float(value)
+        except OverflowError:
+            out = math.inf
+    else:
+        _doc_fail(f"{place}: {_short(value)} is not a number")
+    if not math.isfinite(out):
+        _doc_fail(f"{place}: {_short(value)} is not a finite number")
+    return out
+
+
+def _doc_states(vertices: list, length: int) -> tuple[list[tuple[int, ...]], dict]:
+    states: list[tuple[int, ...]] = []
+    index: dict[tuple[int, ...], int] = {}
+    for i, row in enumerate(vertices):
+        if type(row) is not list:
+            _doc_fail(f"vertices[{i}]: {_kind(row)}, expected a list of {length} ints")
+        if len(row) != length:
+            _doc_fail(f"vertices[{i}]: {len(row)} entries, state_length is {length}")
+        if not all(type(v) is int for v in row):
+            j = next(j for j, v in enumerate(row) if type(v) is not int)
+            _doc_fail(f"vertices[{i}][{j}]: {_short(row[j])} is not an int")
+        if min(row) < _I64_MIN or max(row) > _I64_MAX:
+            j = next(j for j, v in enumerate(row) if not _I64_MIN <= v <= _I64_MAX)
+            _doc_fail(f"vertices[{i}][{j}]: {_short(row[j])} is out of int64 range")
+        key = tuple(row)
+        if i == 0 and any(key):
+            _doc_fail(f"vertices[0]: the first vertex must be the start (all zeros), got {row}")
+        if i > 0 and not any(key):
+            _doc_fail(f"vertices[{i}]: {_START_RESERVED}")
+        j = index.setdefault(key, i)
+        if j != i:
+            _doc_fail(f"vertices[{i}]: state {_short(row, 80)} appears twice (also vertices[{j}])")
+        states.append(key)
+    return states, index
+
+
+def _doc_edge(edge, e: int, n: int, n_params: int):
+    if type(edge) is not list or len(edge) != 4:
+        what = f"{len(edge)} items" if type(edge) is list else _kind(edge)
+        _doc_fail(f"edges[{e}]: {what}, expected [source, target, weight, coefficients]")
+    src, dst, weight, coefs = edge
+    for k, v in ((0, src), (1, dst)):
+        if type(v) is not int:
+            _doc_fail(f"edges[{e}][{k}]: {_short(v)} is not an int (a vertex index)")
+        if not 0 <= v < n:
+            _doc_fail(f"edges[{e}][{k}]: {_short(v)} is not a vertex index (0 to {n - 1})")
+    base = _doc_number(weight, f"edges[{e}][2]")
+    if coefs is None:
+        return src, dst, base, None
+    if type(coefs) is not list:
+        _doc_fail(f"edges[{e}][3]: {_kind(coefs)}, expected a list of n_params numbers or null")
+    if len(coefs) != n_params:
+        _doc_fail(f"edges[{e}][3]: {len(coefs)} coefficients, n_params is {n_params}")
+    return src, dst, base, [_doc_number(c, f"edges[{e}][3][{k}]") for k, c in enumerate(coefs)]
+
+
+def _graph_from_document(cls, doc, size: int) -> Graph:
+    """Check a parsed graph document completely, then build the graph (``from_json``)."""
+    if type(doc) is not dict:
+        _doc_fail(f"the top level is {_kind(doc)}, expected an object")
+    fmt, version = doc.get("format"), doc.get("version")
+    if fmt != _JSON_FORMAT or type(version) is not int or version != _JSON_VERSION:
+        raise InvalidGraphError(
+            f"not a phasetrace graph document of version {_JSON_VERSION}: "
+            f"format={_short(fmt)} version={_short(version)}"
+        )
+    for name in ("state_length", "n_params", "vertices", "edges"):
+        if name not in doc:
+            _doc_fail(f"{name!r} is missing")
+    length = _doc_int(doc, "state_length", 1)
+    n_params = _doc_int(doc, "n_params", 0)
+    vertices, edges = doc["vertices"], doc["edges"]
+    for name, value in (("vertices", vertices), ("edges", edges)):
+        if type(value) is not list:
+            _doc_fail(f"{name}: {_kind(value)}, expected a list")
+    if not vertices:
+        _doc_fail("vertices: empty; the first vertex must be the start")
+    # Sizes against the document's own content, before anything is allocated.
+    if type(vertices[0]) is list and len(vertices[0]) != length:
+        _doc_fail(f"state_length is {length} but vertices[0] has {len(vertices[0])} entries")
+    if length > MAX_STATE_LENGTH:
+        _doc_fail(f"state_length: {length} is above the limit of {MAX_STATE_LENGTH}")
+    if n_params > MAX_PARAMS:
+        _doc_fail(f"n_params: {n_params} is above the limit of {MAX_PARAMS}")
+    dense = len(edges) * n_params
+    if dense > _JSON_COEF_PER_BYTE * size + _JSON_COEF_FREE:
+        _doc_fail(
+            f"n_params is {n_params} with {len(edges)} edges: a coefficient table of {dense} "
+            f"entries is out of proportion to this {size}-byte document"
+        )
+    states, index = _doc_states(vertices, length)
+    checked = [_doc_edge(edge, e, len(states), n_params) for e, edge in enumerate(edges)]
+    g = cls(length, n_params)
+    g._states_list, g._index_dict, g._out_list = states, index, [{} for _ in states]
+    for e, (src, dst, base, coefs) in enumerate(checked):
+        try:
+            g._add_edge(src, Vertex(g, dst), base, coefs)
+        except InvalidGraphError as exc:
+            _doc_fail(f"edges[{e}]: {exc}")
+    return g
 
 
 # -- arrays ---------------------------------------------------------------------------------
@@ -910,19 +1306,18 @@ def _int_array(values, name: str) -> np.ndarray:
 
 def _float_array(values, name: str) -> np.ndarray:
     try:
-        a = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+        a = np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidGraphError(f"{name} must be an array of numbers: {exc}") from None
-    return a
+    if a.size and a.dtype.kind not in "iuf":
+        raise InvalidGraphError(f"{name} must be numbers (float64); got dtype {a.dtype}")
+    return a.astype(np.float64)
 
 
 def _check_states(states: np.ndarray, where: _ArrayPlaces) -> None:
     zero = np.flatnonzero(~states.any(axis=1))
     if zero.size:
-        raise InvalidGraphError(
-            f"{where(zero[0])}: the all-zero state is reserved for the starting vertex "
-            "(shift your states if one of them is all zeros)"
-        )
+        raise InvalidGraphError(f"{where(zero[0])}: {_START_RESERVED}")
     order = _state_order(states)
     same = np.flatnonzero((states[order][1:] == states[order][:-1]).all(axis=1))
     if same.size:

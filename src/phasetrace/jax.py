@@ -1,10 +1,18 @@
 """JAX evaluation of traces: moment functions for ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 
->>> import jax, jax.numpy as jnp, phasetrace as pt
+Enable float64 first, once, at the start of the program (see *Precision* below)::
+
+    import jax
+    jax.config.update("jax_enable_x64", True)
+
+>>> import jax, jax.numpy as jnp, numpy as np, phasetrace as pt
 >>> from phasetrace.jax import moments_fn
 >>> f = moments_fn(pt.record_trace(pt.models.kingman(4)), k=2)
->>> jax.jit(f)(jnp.array([1.0])).round(6).tolist()       # E[T], E[T²] at θ = 1
+>>> f(np.array([1.0])).round(6).tolist()       # E[T], E[T²] at θ = 1
 [1.5, 3.388889]
+>>> with jax.enable_x64(True):                 # here: instead of the global switch
+...     float(jax.jit(jax.grad(lambda t: f(t)[0]))(jnp.array([2.0]))[0])   # dE[T]/dθ = -E/θ
+-0.375
 
 Recording traces from inside JAX programs (``record_traces_callback``, ``GraphStore``: one
 host call per vmapped batch, handed to the configured executor) is documented in
@@ -30,31 +38,56 @@ Only reverse-mode transformations are defined (``jax.grad``, ``jax.vjp``,
 
 Precision
 ---------
-Everything is computed in float64 inside a local ``jax.enable_x64(True)`` context, so the
-user's global ``jax_enable_x64`` setting is left alone and results are float64 arrays
-either way. With ``jax_enable_x64`` off, JAX itself rounds float64 inputs to float32 when
-they cross *your* ``jax.jit`` boundary and runs *your* further operations on the results
-in float32; enable x64 globally (``jax.config.update("jax_enable_x64", True)``) to keep
-full precision end to end.
+Call ``jax.config.update("jax_enable_x64", True)`` at the start of the program, before
+creating any JAX array. Without it, JAX rounds θ to float32 (about 7 significant digits:
+1.3 becomes 1.2999999523) wherever it enters *your* ``jax.jit``, ``jax.grad`` or
+``jax.vmap``, or is made with ``jnp.array``, before phasetrace sees it, and runs *your*
+further operations on the results in float32: a fit then stops at the float32 value
+nearest its optimum. A function from :func:`moments_fn` that receives θ as float32 warns
+once (:class:`~phasetrace.errors.PrecisionWarning`). Inside, everything is computed in
+float64 (in a local ``jax.enable_x64(True)`` context, leaving the global setting alone)
+and results are float64 arrays either way.
 
 Invalid parameters
 ------------------
-A θ of the wrong shape raises :class:`~phasetrace.errors.InvalidParameterError` when the
-function is called or traced. A rate that is not a positive finite number cannot raise
-inside ``jax.jit``: the moments (and the gradient) of that θ are NaN, other θ of a batch
-are unaffected. Called eagerly (outside any JAX transformation) with a concrete θ, the
-function raises ``InvalidParameterError`` like :meth:`Trace.moments` does.
+An edge whose rate is exactly 0 at θ is allowed and contributes nothing (so θ may sit on
+a boundary such as migration rate 0; the kernel method then gives the moments of the
+chain that remains, exactly as :meth:`Trace.moments`). A θ of the wrong shape raises
+:class:`~phasetrace.errors.InvalidParameterError` when the function is called or traced.
+What cannot raise inside ``jax.jit`` gives NaN instead, for that θ only (other θ of a
+batch are unaffected):
+
+- a rate that is negative or not finite;
+- a vertex that is reached at θ but is never absorbed (infinite moments);
+- results that overflow float64 (a rate so small that ``1/rate`` is ``inf``);
+- the gradient in a parameter whose zero rate leads to states that are not absorbed for
+  sure (the moments jump there: no derivative).
+
+Called eagerly (outside any JAX transformation) with a concrete θ, the function raises
+``InvalidParameterError`` instead, with the message :meth:`Trace.moments` gives. The
+native method may also give NaN at a θ where a rate is 0 and part of the graph that
+cannot be reached has no way out (for example ``two_island`` at migration rate 0: its
+states with lineages in both demes); the kernel method evaluates those θ.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._args import as_k, as_reward_matrix, bad_rate_error, transient_rewards
+from ._args import (
+    ZeroRatePlan,
+    as_k,
+    as_reward_matrix,
+    edge_rates,
+    not_finite_error,
+    transient_rewards,
+    zero_rate_plan,
+)
 from ._jax_bridge import (
     BridgeStats,
     GraphStore,
@@ -66,14 +99,17 @@ from ._jax_bridge import (
     record_traces_callback,
     register_graph,
 )
+from ._jax_distribution import distribution_fn
 from ._jax_native import FORWARD_MODE_MAX, _Evaluator
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, PrecisionWarning
 
 __all__ = [
     "BridgeStats",
     "GraphStore",
+    "PrecisionWarning",
     "RecordingFailure",
     "default_store",
+    "distribution_fn",
     "errors_raised",
     "get_trace",
     "moments_fn",
@@ -126,14 +162,20 @@ def moments_fn(
     Returns
     -------
     callable
-        ``f(theta)`` returning a float64 ``jax.Array``. NaN marks a θ at which a rate is
-        not a positive finite number (under JAX transformations; an eager call raises).
+        ``f(theta)`` returning a float64 ``jax.Array``. Under JAX transformations NaN
+        marks a θ that cannot be evaluated (see *Invalid parameters* in
+        :mod:`phasetrace.jax`); an eager call raises instead.
 
     Raises
     ------
     InvalidParameterError
         For a bad ``k``, ``rewards``, ``method`` or ``gradient`` here; for a θ of the wrong
-        shape when called.
+        shape when called; for a θ that cannot be evaluated when called eagerly.
+
+    Warns
+    -----
+    PrecisionWarning
+        Once per function, when θ arrives as float32 (``jax_enable_x64`` is off).
 
     Notes
     -----
@@ -149,9 +191,11 @@ def moments_fn(
     >>> theta = np.array([1.0, 0.5])
     >>> np.allclose(f(theta), trace.moments(theta, k=2), rtol=1e-12, atol=0)
     True
-    >>> jax.grad(lambda t: f(t)[0])(theta).shape
+    >>> with jax.enable_x64(True):  # or jax.config.update("jax_enable_x64", True) at start
+    ...     jax.grad(lambda t: f(t)[0])(theta).shape
     (2,)
-    >>> jax.vmap(f)(np.array([[1.0, 0.5], [2.0, 0.5]])).shape
+    >>> with jax.enable_x64(True):
+    ...     jax.vmap(f)(np.array([[1.0, 0.5], [2.0, 0.5]])).shape
     (2, 2)
     >>> g = moments_fn(trace, k=1, batched=True)
     >>> g(np.array([[1.0, 0.5], [2.0, 0.5]])).shape
@@ -185,10 +229,21 @@ def moments_fn(
         lowered = lambda: ev.low  # noqa: E731
     n_params = trace.n_params
 
+    warned = False
+
     def call(fn, theta):
-        _check_concrete(trace, theta)
+        nonlocal warned
+        if not warned and _low_precision(theta):
+            warned = True
+            warnings.warn(_PRECISION_MESSAGE, PrecisionWarning, stacklevel=3)
+        concrete = not isinstance(theta, jax.core.Tracer)
+        if concrete:
+            _check_concrete(trace, theta)
         with jax.enable_x64(True):
-            return fn(jnp.asarray(theta, dtype=jnp.float64))
+            out = fn(jnp.asarray(theta, dtype=jnp.float64))
+        if concrete:
+            _check_finite(trace, theta, out, method)
+        return out
 
     if batched:
 
@@ -220,26 +275,60 @@ def moments_fn(
     return f
 
 
-def _check_concrete(trace, theta) -> None:
-    """Raise like :meth:`Trace.moments` when a concrete θ gives a rate that is not a
-    positive finite number."""
-    if isinstance(theta, jax.core.Tracer):
-        return
+_PRECISION_MESSAGE = (
+    "phasetrace.jax: theta arrived as float32, so JAX has already rounded it to about 7 "
+    "significant digits (1.3 becomes 1.2999999523) and a fit cannot get closer than that. "
+    'Call jax.config.update("jax_enable_x64", True) at the start of the program, before '
+    "creating any JAX array (phasetrace computes in float64 either way)."
+)
+
+
+def _low_precision(theta) -> bool:
+    """Whether θ is a non-empty floating-point array of less than 64 bits (a tracer
+    included)."""
+    dtype = getattr(theta, "dtype", None)
+    if dtype is None or not np.prod(np.shape(theta)):
+        return False
+    try:
+        return bool(jnp.issubdtype(dtype, jnp.floating)) and jnp.finfo(dtype).bits < 64
+    except (TypeError, ValueError):
+        return False
+
+
+def _thetas(trace, theta) -> np.ndarray:
     th = np.asarray(theta, dtype=np.float64)
-    th = th.reshape(th.shape[0] if th.ndim == 2 else 1, trace.n_params)
+    return th.reshape(th.shape[0] if th.ndim == 2 else 1, trace.n_params)
+
+
+def _check_concrete(trace, theta) -> None:
+    """Raise like :meth:`Trace.moments` when a concrete θ cannot be evaluated: a rate that
+    is negative or not finite, or a vertex that is reached and never absorbed."""
+    th = _thetas(trace, theta)
     if not np.isfinite(th).all():
         raise InvalidParameterError("theta contains NaN or infinite values")
-    arr = trace.arrays
-    coef = arr["input_coef"]
-    edges = np.flatnonzero(coef.any(axis=1)) if trace.n_params else np.zeros(0, np.int64)
-    base, coef = arr["input_base"][edges], coef[edges]
-    per = max(1, (1 << 22) // max(1, edges.size))  # bound the (edges, θ) temporary
+    per = max(1, (1 << 22) // max(1, trace.arrays["input_base"].size))  # bound (θ, edges)
     for lo in range(0, th.shape[0], per):
         block = th[lo : lo + per]
-        rates = base[:, None] + np.zeros((1, block.shape[0]))
-        for i in range(trace.n_params):  # left to right, as the kernel
-            rates = rates + coef[:, i : i + 1] * block[None, :, i]
-        bad = np.argwhere(~((rates > 0) & (rates < np.inf)))
-        if bad.size:
-            e, b = bad[0]
-            raise bad_rate_error(trace, int(edges[e]), rates[e, b], block[b])
+        rates = edge_rates(trace, block)
+        for b in np.flatnonzero(~((rates > 0) & (rates < np.inf)).all(axis=1)).tolist():
+            plan = zero_rate_plan(trace, block[b], rates[b])
+            if plan is not None and not isinstance(plan, ZeroRatePlan):
+                raise plan  # an InvalidParameterError
+
+
+def _check_finite(trace, theta, out, method: str) -> None:
+    """Raise for a concrete θ whose results are not finite (they would be NaN under jit)."""
+    values = np.asarray(out)
+    if np.isfinite(values).all():
+        return
+    th = _thetas(trace, theta)
+    per_theta = values.reshape(th.shape[0], -1)
+    b = int(np.flatnonzero(~np.isfinite(per_theta).all(axis=1))[0])
+    rates = edge_rates(trace, th[b : b + 1])[0]
+    if method == "native" and not (rates > 0).all():
+        raise InvalidParameterError(
+            f"method='native' cannot evaluate at theta={th[b].tolist()}: some rates are 0 "
+            "there and a part of the graph that cannot be reached has no way out; use "
+            "method='kernel' (or Trace.moments), which evaluates such θ"
+        )
+    raise not_finite_error(th[b], per_theta[b])

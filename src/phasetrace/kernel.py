@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _kernel_impl as impl
-from ._args import bad_rate_error
+from ._args import ZeroRatePlan, edge_rates, not_finite_error, zero_rate_plan
 from .errors import TraceFormatError
 from .ops import CONST, FMA, LOAD, SUM, VERTEX_ABSORBING, VERTEX_START, VERTEX_TRANSIENT
 
@@ -237,25 +237,14 @@ def _factorials(k: int) -> np.ndarray:
     return out
 
 
-def _raise_bad(trace, bad: np.ndarray, thetas: np.ndarray) -> None:
-    hits = np.flatnonzero(bad >= 0)
-    if hits.size:
-        b = int(hits[0])
-        e = int(bad[b])
-        ct = compiled(trace)
-        th = thetas[b]
-        rate = ct.prog[8][e]
-        for i in range(ct.n_params):  # left to right, as the kernel
-            rate = rate + ct.prog[9][i, e] * th[i]
-        raise bad_rate_error(trace, e, rate, th)
-
-
 def moments(trace, thetas: np.ndarray, rewards: np.ndarray, k: int, *, check: bool = True):
     """``E[Y_r^j]`` for θ (B, P) and rewards (R, V): shape (B, R, k).
 
-    ``rewards`` must be zero off transient vertices. With ``check`` a rate that is not a
-    positive finite number raises :class:`~phasetrace.errors.InvalidParameterError`;
-    without, that θ's results are NaN.
+    ``rewards`` must be zero off transient vertices. An edge of rate exactly 0 is allowed
+    (it contributes nothing). With ``check``, a θ at which a rate is negative or not
+    finite, a vertex that is reached cannot be absorbed, or a result is not finite
+    (overflow) raises :class:`~phasetrace.errors.InvalidParameterError`; without, that θ's
+    results are NaN.
     """
     seq = np.repeat(np.arange(rewards.shape[0])[:, None], k, axis=1)
     return passes(trace, thetas, rewards, seq, _factorials(k), check=check)
@@ -290,13 +279,28 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
         out[ths, rs] = part
 
     _run(piece, _pieces(B, R))
-    return _finish(trace, bad, thetas, check, out)
+
+    def redo(b: int, prog: tuple) -> tuple[np.ndarray]:
+        part = np.empty((1, R, k))
+        impl.moments_chunk(
+            prog, ct.tape, ct.start, rewards, seq, scale, thetas[b : b + 1], part,
+            np.empty(ct.max_unit_ops), False, 1,
+        )  # fmt: skip
+        return (part[0],)
+
+    return _finish(trace, bad, thetas, check, redo, out)
 
 
 def moments_and_jacobian(
     trace, thetas: np.ndarray, rewards: np.ndarray, k: int, *, check: bool = True
 ):
-    """Moments (B, R, k) and their Jacobian (B, R, k, P) with respect to θ."""
+    """Moments (B, R, k) and their Jacobian (B, R, k, P) with respect to θ.
+
+    As :func:`moments`; in addition, at a θ where a rate is 0 and raising it would make
+    states reachable that are not absorbed for sure (the moments jump there), the
+    derivatives in the parameters of that rate do not exist: ``check`` raises, else
+    those entries are NaN.
+    """
     ct = compiled(trace)
     B, P = thetas.shape
     R = rewards.shape[0]
@@ -320,7 +324,16 @@ def moments_and_jacobian(
         out[ths, rs], jac[ths, rs] = part, part_jac
 
     _run(piece, _pieces(B, R))
-    return _finish(trace, bad, thetas, check, out, jac)
+
+    def redo(b: int, prog: tuple) -> tuple[np.ndarray, np.ndarray]:
+        part, part_jac = np.empty((1, R, k)), np.empty((1, R, k, P))
+        impl.jacobian_chunk(
+            prog, ct.tape, ct.grads, ct.start, _vertex_major(rewards), fact, thetas[b : b + 1],
+            part, part_jac, np.empty(ct.max_unit_ops), False, 1,
+        )  # fmt: skip
+        return part[0], part_jac[0]
+
+    return _finish(trace, bad, thetas, check, redo, out, jac)
 
 
 def _replay_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray) -> np.ndarray | None:
@@ -357,10 +370,57 @@ def _vertex_major(rewards: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rewards.T, dtype=np.float64)
 
 
-def _finish(trace, bad, thetas, check: bool, *results):
-    if bad.size and bad.max() >= 0:  # rare: find and report the bad θ
+def _finish(trace, bad, thetas, check: bool, redo, *results):
+    """Deal with the rare θ: zero rates (re-evaluated), bad rates, results that overflowed.
+
+    ``bad[b] >= 0`` marks a θ at which the kernel saw a rate that is not a positive
+    finite number. If the rates are only 0 (allowed), :func:`~phasetrace._args.zero_rate_plan`
+    says which of them cannot matter and ``redo(b, prog)`` evaluates θ ``b`` again with
+    those set to 1 (``prog`` carries the rates as constants), so no ``0·inf`` or ``0/0``
+    reaches a value that matters. Everything else raises (``check``) or becomes NaN.
+    """
+    flagged = bool(bad.size) and bad.max() >= 0
+    if not flagged and all(np.isfinite(res).all() for res in results):  # the common case
+        return results[0] if len(results) == 1 else results
+    nan_rows = np.zeros(thetas.shape[0], dtype=bool)
+    nan_cols: dict[int, np.ndarray] = {}  # θ → parameters without a derivative
+    if flagged:
+        ct = compiled(trace)
+        for b in np.flatnonzero(bad >= 0).tolist():
+            rates = edge_rates(trace, thetas[b : b + 1])[0]
+            plan = zero_rate_plan(trace, thetas[b], rates)
+            if plan is None:  # every rate is > 0 and finite after all: nothing to redo
+                continue
+            if not isinstance(plan, ZeroRatePlan):  # an InvalidParameterError
+                if check:
+                    raise plan
+                nan_rows[b] = True
+                continue
+            prog = (*ct.prog[:8], plan.rates, np.zeros_like(ct.prog[9]))
+            for res, part in zip(results, redo(b, prog), strict=True):
+                res[b] = part
+            if len(results) > 1 and plan.undefined.any():
+                if check:
+                    raise plan.undefined_error
+                nan_cols[b] = plan.undefined
+    ok = np.ones(thetas.shape[0], dtype=bool)
+    for i, res in enumerate(results):
+        flat = res.reshape(res.shape[0], -1)
+        if i and nan_cols:  # leave out the entries that are NaN on purpose
+            flat = flat.copy()
+            for b, cols in nan_cols.items():
+                res_b = flat[b].reshape(res.shape[1:])
+                res_b[..., cols] = 0.0
+        ok &= np.isfinite(flat).all(axis=1) | nan_rows
+    if not ok.all():
+        b = int(np.flatnonzero(~ok)[0])
         if check:
-            _raise_bad(trace, bad, thetas)
-        for res in results:
-            res[bad >= 0] = np.nan
+            if not np.isfinite(results[0][b]).all():
+                raise not_finite_error(thetas[b], results[0][b])
+            raise not_finite_error(thetas[b], results[1][b], "derivatives")
+        nan_rows |= ~ok
+    for res in results:
+        res[nan_rows] = np.nan
+    for b, cols in nan_cols.items():
+        results[1][b][..., cols] = np.nan
     return results[0] if len(results) == 1 else results

@@ -168,6 +168,8 @@ def compute_trace(
     >>> tr.digest() == pt.record_trace(g).digest()
     True
     """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"compute_trace expects a phasetrace.Graph, got {type(graph).__name__}")
     return compute_traces(
         [graph],
         hierarchical=hierarchical,
@@ -204,6 +206,17 @@ def compute_traces(
     >>> [round(float(t.expectation([1.0])), 6) for t in pt.compute_traces(gs, cache=False)]
     [1.333333, 1.5, 1.6]
     """
+    if isinstance(graphs, Graph | str | bytes) or not isinstance(graphs, Iterable):
+        raise TypeError(
+            "compute_traces expects an iterable of phasetrace.Graph (for one graph use "
+            f"compute_trace), got {type(graphs).__name__}"
+        )
+    if hierarchical is not None and not isinstance(hierarchical, bool | np.bool_):
+        raise TypeError(
+            f"hierarchical must be True, False or None, got {hierarchical!r} "
+            f"({type(hierarchical).__name__})"
+        )
+    hierarchical = None if hierarchical is None else bool(hierarchical)
     t_start = time.perf_counter()
     settings = resolve(
         strategy=strategy,

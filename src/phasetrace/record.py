@@ -21,6 +21,8 @@ def record_trace(graph: Graph) -> Trace:
     >>> tr.moments([1.0, 0.5], k=2).round(6).tolist()
     [3.404788, 19.243986]
     """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"record_trace expects a phasetrace.Graph, got {type(graph).__name__}")
     graph.validate()
     d = decompose(graph)
     return stitch(d, [record_unit(u) for u in d.units])

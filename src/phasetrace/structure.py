@@ -155,6 +155,7 @@ def _check_solve(arr, optr, vptr, xptr, n_vertices: int) -> None:
     _require(_in(xu, vlo, vhi), "x-program vertex outside its unit")
     axpy = xk == X_AXPY
     _require(_in(xv[axpy], vlo[axpy], vhi[axpy]), "x-program AXPY source outside its unit")
+    _require(xv[~axpy] == -1, "x-program DIV with a source vertex")
     _require(_in(xc, optr[xunit], optr[xunit + 1]), "x-program slot outside its unit")
 
     for kind in ("row", "exit"):

@@ -173,7 +173,16 @@ class Trace:
                 trace = cls({name: f[name] for name in TRACE_ARRAYS})
         except TraceFormatError:
             raise
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        except (
+            OSError,
+            KeyError,
+            ValueError,
+            TypeError,  # e.g. a __format__ that is not a scalar
+            EOFError,
+            zipfile.BadZipFile,
+            NotImplementedError,  # a zip entry with an unsupported compression
+            RuntimeError,  # zipfile: "file is encrypted"
+        ) as exc:
             raise TraceFormatError(f"{path}: not a readable phasetrace trace ({exc})") from exc
         if trace.digest() != stored:
             raise TraceFormatError(f"{path}: checksum mismatch (file corrupted)")
@@ -202,8 +211,16 @@ class Trace:
         Raises
         ------
         InvalidParameterError
-            For a θ or rewards of the wrong shape, and for a θ at which a rate is not a
-            positive finite number (the message names the edge).
+            For a θ or rewards of the wrong shape; for a θ at which a rate is negative or
+            not finite (the message names the edge), at which a vertex that is reached
+            cannot be absorbed (the moments are infinite; the message names its state),
+            or at which the moments overflow float64.
+
+        Notes
+        -----
+        An edge whose rate is exactly 0 at θ contributes nothing: the moments are those
+        of the chain on the states reached over edges of rate > 0 (θ may sit on a
+        boundary such as migration rate 0).
 
         Examples
         --------
@@ -233,6 +250,14 @@ class Trace:
         (ndarray, ndarray)
             The moments, and the Jacobian with a trailing axis (n_params,).
 
+        Raises
+        ------
+        InvalidParameterError
+            As :meth:`moments`; also where a derivative does not exist: at a θ where a
+            rate is 0 and raising it would lead to states that are not absorbed for sure
+            (for example ``two_island`` at migration rate 0, where ``E[T]`` jumps as soon
+            as the migration rate is > 0).
+
         Examples
         --------
         >>> import phasetrace as pt
@@ -253,13 +278,27 @@ class Trace:
         """``∂E[Y]/∂θ``: shape (n_params,) for one θ, (B, n_params) for a batch."""
         return self.moments_and_jacobian(theta, k=1, rewards=rewards)[1][..., 0, :]
 
-    def expectation(self, theta, rewards=None) -> np.ndarray | float:
-        """``E[Y]`` at ``theta``: a 0-d array for one θ, shape (B,) for a batch."""
-        m = self.moments(theta, k=1, rewards=rewards)
-        return m[..., 0]
+    def expectation(self, theta, rewards=None) -> np.ndarray | np.float64:
+        """``E[Y]`` at ``theta``.
 
-    def variance(self, theta, rewards=None):
-        """``Var[Y]`` at ``theta``."""
+        A float (``numpy.float64``, a subclass of ``float``) for one θ and one reward
+        vector; shape (B,) for a batch of θ, with an axis (R,) after it for R reward
+        vectors (as :meth:`moments` without its last axis).
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> tr = pt.record_trace(pt.models.kingman(4))
+        >>> tr.expectation([1.0])                      # 2(1 - 1/4)
+        np.float64(1.5)
+        >>> tr.expectation([[1.0], [2.0]]).tolist()
+        [1.5, 0.75]
+        """
+        m = self.moments(theta, k=1, rewards=rewards)
+        return m[..., 0][()]  # [()]: a 0-d array becomes a scalar, others stay arrays
+
+    def variance(self, theta, rewards=None) -> np.ndarray | np.float64:
+        """``Var[Y]`` at ``theta`` (shapes as :meth:`expectation`)."""
         m = self.moments(theta, k=2, rewards=rewards)
         return m[..., 1] - m[..., 0] ** 2
 
