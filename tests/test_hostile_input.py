@@ -458,3 +458,19 @@ def test_cli_malformed_rewards_file_exits_1_with_one_line(isolated, capsys):
     (isolated / "r.csv").write_text("1e400,1\n")
     assert main(["moments", "k.npz", "--theta", "1", "--rewards", "r.csv"]) == 1
     assert "r.csv line 1: state entry '1e400' is not an integer" in _one_error_line(capsys)
+
+
+@pytest.mark.timeout(60)  # k=10**6 used to allocate and grind instead of failing
+@pytest.mark.parametrize("k", [True, 2.0, 0, -1, 171, 10**6, "2"])
+def test_bad_moment_orders_are_refused(k):
+    trace = pt.record_trace(pt.models.kingman(4))
+    with pytest.raises(pt.InvalidParameterError, match="k"):
+        trace.moments([1.0], k=k)
+
+
+def test_the_highest_allowed_moment_order_is_finite():
+    trace = pt.record_trace(pt.models.kingman(3, state_space="lineages"))
+    m = trace.moments([1.0], k=170)
+    assert np.isfinite(m).all()
+    # T = Exp(3) + Exp(1) at c = 1: E[T] = 1/3 + 1 and E[T^2] = Var + E^2
+    assert m[:2] == pytest.approx([4 / 3, 1 / 9 + 1 + (4 / 3) ** 2], rel=1e-13)

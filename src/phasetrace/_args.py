@@ -33,10 +33,18 @@ def as_thetas(trace, theta) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(th), single
 
 
+#: The highest moment there is: E[T^k] carries a factor k!, which overflows float64 past 170.
+MAX_K = 170
+
+
 def as_k(k) -> int:
-    """The highest moment, a positive int."""
+    """The highest moment, an int from 1 to :data:`MAX_K`."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise InvalidParameterError(f"k must be a positive int, got {k!r}")
+    if k > MAX_K:
+        raise InvalidParameterError(
+            f"k={k} is too high: moments carry a factor k!, which overflows float64 past k={MAX_K}"
+        )
     return int(k)
 
 
