@@ -351,3 +351,38 @@ def test_float32_theta_warns_once_per_function(islands):
         assert np.array_equal(g(theta), trace.moments(theta))  # numpy float64: exact, silent
         with jax.enable_x64(True):
             assert np.array_equal(jax.jit(g)(theta), trace.moments(theta))
+
+
+# -- distribution functions at zero rates ----------------------------------------------------------
+
+
+def _dense_cdf_and_dm(graph, theta, times):
+    """``F(t)`` and ``∂F/∂θ₁`` from ``scipy.linalg.expm`` / ``expm_frechet`` on the whole
+    dense chain (zero rates included: the exponential needs no division)."""
+    sl = pytest.importorskip("scipy.linalg")
+    alpha, S = graph.to_matrices(theta)
+    step = np.zeros_like(theta)
+    step[1] = 1.0
+    dS = graph.to_matrices(np.asarray(theta) + step)[1] - S  # S is linear in θ here
+    ones = np.ones(S.shape[0])
+    value = [1 - alpha @ sl.expm(S * t) @ ones for t in times]
+    deriv = [-(alpha @ sl.expm_frechet(S * t, dS * t, compute_expm=False) @ ones) for t in times]
+    return np.array(value), np.array(deriv)
+
+
+def test_distribution_functions_at_zero_migration():
+    g = pt.models.two_island(5)
+    trace = pt.record_trace(g)
+    times = np.array([0.2, 1.0, 3.0, 8.0])
+    value, grad = pt.cdf_and_gradient(trace, times, [1.0, 0.0])
+    ref_value, ref_dm = _dense_cdf_and_dm(g, np.array([1.0, 0.0]), times)
+    assert np.abs(value - ref_value).max() <= 1e-9
+    assert np.abs(grad[:, 1] - ref_dm).max() <= 1e-8  # F is smooth in m even where E[T] jumps
+    assert np.array_equal(pt.cdf(trace, times, [1.0, 0.0]), value)
+    assert np.abs(pt.sf(trace, times, [1.0, 0.0]) - (1 - ref_value)).max() <= 1e-9
+
+
+def test_distribution_functions_refuse_a_reached_state_without_a_way_out():
+    trace = pt.record_trace(one_deme_or_two())
+    with pytest.raises(pt.InvalidParameterError, match=r"state \[1, 1\] is reached"):
+        pt.cdf(trace, [1.0], [1.0, 0.0])

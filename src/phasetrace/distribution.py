@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from ._args import as_rewards, as_thetas, bad_rate_error
+from ._args import as_rewards, as_thetas, zero_rate_plan
 from .errors import InvalidParameterError
 from .ops import VERTEX_START, VERTEX_TRANSIENT
 
@@ -507,17 +507,27 @@ def _structure(trace) -> _Structure:
     return st
 
 
-def _edge_rates(trace, theta: np.ndarray) -> np.ndarray:
-    """Every edge's rate at one θ (``base + Σ coef_i·θ_i``, left to right, as ``LOAD``)."""
+def _edge_rates(trace, theta: np.ndarray, keep_zeros: bool = False) -> np.ndarray:
+    """Every edge's rate at one θ (``base + Σ coef_i·θ_i``, left to right, as ``LOAD``).
+
+    A rate of exactly 0 is allowed as for the moments (:func:`phasetrace._args.zero_rate_plan`):
+    each state reached over rates > 0 must be able to reach absorption. Zero rates out of
+    states that are never reached are then set to 1, which changes nothing reached and
+    keeps every division by a positive number; with ``keep_zeros`` they stay 0, for the
+    gradient, whose tangents do run through those states (uniformization needs no
+    division by a state's rate).
+    """
     arr = trace.arrays
     rates = arr["input_base"].copy()
     coef = arr["input_coef"]
     for i in range(trace.n_params):
         rates = rates + coef[:, i] * theta[i]
-    bad = np.flatnonzero(~((rates > 0) & np.isfinite(rates)))
-    if bad.size:
-        raise bad_rate_error(trace, int(bad[0]), rates[bad[0]], theta)
-    return rates
+    plan = zero_rate_plan(trace, theta, rates)
+    if plan is None:
+        return rates
+    if isinstance(plan, InvalidParameterError):
+        raise plan
+    return rates if keep_zeros else plan.rates
 
 
 def _eliminate_zero_rewards(alpha, ptr, dst, rate, exit_rate, zero, fsum=math.fsum):
@@ -771,7 +781,11 @@ class _TangentChain:
 
     def __init__(self, trace, theta, rewards, tol, pdf_scale, max_steps, t):
         st = _structure(trace)
-        rates = _edge_rates(trace, theta)
+        zero_rewards = rewards is not None and bool(
+            (rewards[_structure(trace).transient] == 0).any()
+        )
+        # Eliminating a zero-reward state divides by its rate: keep the safe rates then.
+        rates = _edge_rates(trace, theta, keep_zeros=not zero_rewards)
         n_par = trace.n_params
         coef = np.asarray(trace.arrays["input_coef"], dtype=np.float64).reshape(rates.size, n_par)
         n = st.n
