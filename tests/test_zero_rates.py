@@ -386,3 +386,12 @@ def test_distribution_functions_refuse_a_reached_state_without_a_way_out():
     trace = pt.record_trace(one_deme_or_two())
     with pytest.raises(pt.InvalidParameterError, match=r"state \[1, 1\] is reached"):
         pt.cdf(trace, [1.0], [1.0, 0.0])
+
+
+def test_gradient_with_zero_rewards_at_a_zero_rate_is_refused_not_wrong():
+    trace = pt.record_trace(pt.models.two_island(4))
+    rewards = np.where(trace.states.sum(axis=1) % 2 == 0, 1.0, 0.0)  # no time at odd levels
+    with pytest.raises(pt.InvalidParameterError, match="not differentiable in theta\\[1\\]"):
+        pt.cdf_and_gradient(trace, [1.0], [1.0, 0.0], rewards=rewards)
+    value = pt.cdf(trace, [1.0], [1.0, 0.0], rewards=rewards)  # the value is fine
+    assert 0.0 < float(value[0]) < 1.0

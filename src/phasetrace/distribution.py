@@ -507,7 +507,7 @@ def _structure(trace) -> _Structure:
     return st
 
 
-def _edge_rates(trace, theta: np.ndarray, keep_zeros: bool = False) -> np.ndarray:
+def _edge_rates(trace, theta: np.ndarray, keep_zeros: bool | None = False) -> np.ndarray:
     """Every edge's rate at one θ (``base + Σ coef_i·θ_i``, left to right, as ``LOAD``).
 
     A rate of exactly 0 is allowed as for the moments (:func:`phasetrace._args.zero_rate_plan`):
@@ -515,7 +515,8 @@ def _edge_rates(trace, theta: np.ndarray, keep_zeros: bool = False) -> np.ndarra
     states that are never reached are then set to 1, which changes nothing reached and
     keeps every division by a positive number; with ``keep_zeros`` they stay 0, for the
     gradient, whose tangents do run through those states (uniformization needs no
-    division by a state's rate).
+    division by a state's rate). ``keep_zeros=None``: the safe rates, for a gradient that
+    needs them (zero rewards), refused where a tangent would run through a changed rate.
     """
     arr = trace.arrays
     rates = arr["input_base"].copy()
@@ -527,6 +528,8 @@ def _edge_rates(trace, theta: np.ndarray, keep_zeros: bool = False) -> np.ndarra
         return rates
     if isinstance(plan, InvalidParameterError):
         raise plan
+    if keep_zeros is None and plan.undefined.any():  # a tangent would meet a changed rate
+        raise plan.undefined_error
     return rates if keep_zeros else plan.rates
 
 
@@ -785,7 +788,7 @@ class _TangentChain:
             (rewards[_structure(trace).transient] == 0).any()
         )
         # Eliminating a zero-reward state divides by its rate: keep the safe rates then.
-        rates = _edge_rates(trace, theta, keep_zeros=not zero_rewards)
+        rates = _edge_rates(trace, theta, keep_zeros=None if zero_rewards else True)
         n_par = trace.n_params
         coef = np.asarray(trace.arrays["input_coef"], dtype=np.float64).reshape(rates.size, n_par)
         n = st.n
