@@ -295,3 +295,15 @@ def test_workers_exit_when_parent_is_killed(tmp_path, strategy):
     proc.wait(timeout=10)
     alive = _wait_all_gone(descendants, within=EVENTUALLY)
     assert not alive, [p.cmdline() for p in alive]
+
+
+@pytest.mark.parametrize("strategy", POOLED)
+def test_an_exit_status_is_reported_every_time(strategy):
+    """``os._exit(7)`` used to be reported as "exit status unknown" in 2 runs of 4: the
+    worker's exit code must be in the message each time."""
+    with get_executor(strategy, n_workers=2) as ex:
+        for _ in range(4):
+            with pytest.raises(WorkerCrashedError, match=r"exit code 7\b") as info:
+                list(ex.map(T.exit_now, [7]))
+            assert info.value.exitcode == 7
+            assert list(ex.map(T.square, [3])) == [9]
