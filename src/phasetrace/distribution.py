@@ -445,30 +445,26 @@ def _mix_grad_py(lams, bound_a, bound_d, side, dm, de, n_avail, exhausted, out):
     return -1
 
 
-_KERNELS = None
+_COMPILED: dict[str, tuple] = {}
+
+
+def _compiled(name: str, *fns) -> tuple:
+    """``fns`` compiled with numba on first use (numba is not imported by ``import
+    phasetrace``), kept under ``name``."""
+    if name not in _COMPILED:
+        from numba import njit
+
+        jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+        _COMPILED[name] = tuple(jit(f) for f in fns)
+    return _COMPILED[name]
 
 
 def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        from numba import njit
-
-        jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
-        _KERNELS = (jit(_advance_py), jit(_right_points_py), jit(_mix_py))
-    return _KERNELS
-
-
-_GRAD_KERNELS = None
+    return _compiled("value", _advance_py, _right_points_py, _mix_py)
 
 
 def _grad_kernels():
-    global _GRAD_KERNELS
-    if _GRAD_KERNELS is None:
-        from numba import njit
-
-        jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
-        _GRAD_KERNELS = (jit(_tangent_py), jit(_grad_right_points_py), jit(_mix_grad_py))
-    return _GRAD_KERNELS
+    return _compiled("gradient", _tangent_py, _grad_right_points_py, _mix_grad_py)
 
 
 # -- the chain at one θ ------------------------------------------------------------------
