@@ -395,3 +395,16 @@ def test_gradient_with_zero_rewards_at_a_zero_rate_is_refused_not_wrong():
         pt.cdf_and_gradient(trace, [1.0], [1.0, 0.0], rewards=rewards)
     value = pt.cdf(trace, [1.0], [1.0, 0.0], rewards=rewards)  # the value is fine
     assert 0.0 < float(value[0]) < 1.0
+
+
+def test_variance_that_overflows_raises_without_warnings(monkeypatch):
+    """E[Y²] finite while E[Y]² is past the float64 range (E[Y] ≈ 1.34e154) is a
+    narrow band; the moments are forced there to reach the check."""
+    trace = pt.record_trace(pt.models.kingman(3, state_space="lineages"))
+    monkeypatch.setattr(
+        pt.Trace, "moments", lambda self, theta, k=1, rewards=None: np.array([1.5e154, 1.7e308])
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(pt.InvalidParameterError, match=r"variances .* not finite"):
+            trace.variance([1.0])

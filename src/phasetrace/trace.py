@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from ._args import as_k, as_reward_matrix, as_rewards, as_thetas, shaped, transient_rewards
+from ._args import (
+    as_k,
+    as_reward_matrix,
+    as_rewards,
+    as_thetas,
+    not_finite_error,
+    shaped,
+    transient_rewards,
+)
 from .errors import TraceFormatError
 from .ops import (
     CONST,
@@ -300,7 +308,11 @@ class Trace:
     def variance(self, theta, rewards=None) -> np.ndarray | np.float64:
         """``Var[Y]`` at ``theta`` (shapes as :meth:`expectation`)."""
         m = self.moments(theta, k=2, rewards=rewards)
-        return m[..., 1] - m[..., 0] ** 2
+        with np.errstate(over="ignore", invalid="ignore"):
+            var = m[..., 1] - m[..., 0] ** 2
+        if not np.isfinite(var).all():  # E[Y²] finite, E[Y]² just past the float64 range
+            raise not_finite_error(theta, var, "variances")
+        return var
 
     def cross_moment(self, theta, rewards_i, rewards_j):
         """``E[Y_i Y_j] = F(r_i∘F(r_j))[S] + F(r_j∘F(r_i))[S]`` for two reward vectors.
