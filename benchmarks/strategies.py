@@ -124,7 +124,7 @@ class RawLoky:
         self.ex = box[0]
 
     def run(self, fn: Callable, args: list, chunksize: int = 1) -> list:
-        return list(self.ex.map_items(fn, args, chunksize=chunksize))
+        return list(self.ex.map(fn, args, chunksize=chunksize))
 
     def close(self) -> None:
         self.ex.shutdown(wait=True)
