@@ -387,7 +387,9 @@ class PooledExecutor(Executor):
         inside ``submit``, so noting children right after dispatching catches each worker
         before it can end; the object then keeps its exit code after the pool reaps it."""
         for p in multiprocessing.active_children():
-            self._seen.setdefault(p.pid, p)
+            known = self._seen.get(p.pid)
+            if known is None or (known is not p and _exitcode(known) is not None):
+                self._seen[p.pid] = p  # new, or a new process that reuses an ended one's pid
 
     def _workers(self) -> dict[int, Any]:
         """This executor's workers seen so far (pid → Process): those in its registry."""
