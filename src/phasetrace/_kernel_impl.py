@@ -410,3 +410,29 @@ def bad_rates(prog, th):
                 out[b] = e
                 break
     return out
+
+
+@njit(**_JIT)
+def transposed_chunk(prog, tape, th, T, vals, R):
+    """``T[b] ← A⁻ᵀ T[b]`` for every θ ``b`` of ``th`` (B, P): ``T`` is (B, V·R), vertex
+    ``v`` and right-hand side ``r`` at ``v*R + r``, so ``T[b]`` holds row vectors ``s`` and
+    becomes ``s·U`` (``U = (−S)⁻¹`` on transient vertices; see the module docstring).
+
+    Units in π order (cotangents flow downstream), each replayed into the one-unit buffer
+    ``vals`` right before its transposed solve. Returns the first bad edge per θ (−1
+    where every rate was a positive finite number), as :func:`_moments_chunk`.
+    """
+    B = th.shape[0]
+    unit_ptr = tape[0]
+    q = np.empty(max(R, 1))
+    bad = np.full(B, -1, dtype=np.int64)
+    for b in range(B):
+        thb = th[b : b + 1]
+        tb = T[b]
+        ok = True
+        for u in range(unit_ptr.shape[0] - 1):
+            ok = replay_unit(prog, u, thb, vals, 1) & ok
+            solve_unit_transposed(tape, u, vals, tb, q, R, 1)
+        if not ok:
+            bad[b] = bad_rates(prog, thb)[0]
+    return bad

@@ -424,3 +424,31 @@ def _finish(trace, bad, thetas, check: bool, redo, *results):
     for b, cols in nan_cols.items():
         results[1][b][..., cols] = np.nan
     return results[0] if len(results) == 1 else results
+
+
+def transposed_solve(trace, thetas: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``seeds[b, r]·U(θ_b)`` for row vectors ``seeds`` (B, R, V), ``U = (−S)⁻¹``.
+
+    ``seeds`` must be zero off transient vertices; the result is meaningful on transient
+    vertices (``(s·U)_w`` is the expected time spent in ``w`` when the chain starts from
+    the distribution ``s``); other entries are scratch. One replay and one transposed
+    solve per θ, whatever ``R`` is. Returns ``(out, bad)``: ``bad[b] >= 0`` names an edge
+    whose rate at θ_b is not a positive finite number (``out[b]`` is then meaningless).
+
+    Examples
+    --------
+    >>> import numpy as np, phasetrace as pt
+    >>> tr = pt.record_trace(pt.models.kingman(3, state_space="lineages"))
+    >>> seeds = np.zeros((1, 1, tr.n_vertices)); seeds[0, 0, tr.vertex_index([3])] = 1.0
+    >>> out, bad = transposed_solve(tr, np.array([[1.0]]), seeds)
+    >>> float(out[0, 0, tr.vertex_index([2])]), int(bad[0])    # time with 2 lineages: 1/C(2, 2)
+    (1.0, -1)
+    """
+    ct = compiled(trace)
+    B, R, V = seeds.shape
+    work = np.ascontiguousarray(np.swapaxes(seeds, 1, 2), dtype=np.float64).reshape(B, V * R)
+    bad = impl.transposed_chunk(
+        ct.prog, ct.tape, np.ascontiguousarray(thetas, dtype=np.float64), work,
+        np.empty(max(ct.max_unit_ops, 1)), R,
+    )  # fmt: skip
+    return np.swapaxes(work.reshape(B, V, R), 1, 2), bad
