@@ -7,7 +7,8 @@ them on the configured executor), then evaluate moments for any θ.
 Nothing heavy is imported here: no JAX, Dask or joblib.
 """
 
-from . import distribution, models
+from . import demography, distribution, models
+from .demography import EpochModel
 from .distribution import (
     cdf,
     cdf_and_gradient,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Edge",
+    "EpochModel",
     "ExecutorClosedError",
     "ExecutorTimeoutError",
     "Graph",
@@ -71,6 +73,7 @@ __all__ = [
     "compute_traces",
     "config",
     "configure",
+    "demography",
     "distribution",
     "get_executor",
     "get_settings",

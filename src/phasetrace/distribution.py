@@ -1025,6 +1025,13 @@ def _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, which: 
     return (out[0][()], grad[0]) if single else (out, grad)
 
 
+def _time_model(obj) -> bool:
+    """Whether ``obj`` is a time-inhomogeneous model (its own distribution functions)."""
+    from .demography.epochs import TimeModel
+
+    return isinstance(obj, TimeModel)
+
+
 def pdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
     """Density ``f(t) = α exp(S t) s`` of the absorption time (or of ``Y = ∫ r(X_t) dt``).
 
@@ -1069,6 +1076,10 @@ def pdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX
     >>> pdf(tr, [0.0, 0.5], [2.0]).round(10).tolist()
     [2.0, 0.7357588823]
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.pdf(trace, t, theta, rewards=rewards)
     return _distribution(trace, t, theta, rewards, tol, max_steps, 2)
 
 
@@ -1090,6 +1101,10 @@ def cdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX
     >>> cdf(tr, [0.5, 1.0], [[1.0], [2.0]]).shape        # a batch of θ: (B, T)
     (2, 2)
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.cdf(trace, t, theta, rewards=rewards)
     return _distribution(trace, t, theta, rewards, tol, max_steps, 1)
 
 
@@ -1107,6 +1122,10 @@ def sf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_
     >>> round(float(sf(tr, 0.5, [2.0])), 10)             # e^{−1}
     0.3678794412
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.sf(trace, t, theta, rewards=rewards)
     return _distribution(trace, t, theta, rewards, tol, max_steps, 0)
 
 
@@ -1146,6 +1165,10 @@ def quantile(trace, p, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAUL
     >>> bool(abs(quantile(tr, 0.5, [2.0]) - math.log(2) / 2) < 1e-11)
     True
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.quantile(trace, p, theta, rewards=rewards)
     th, single, r = _prepare(trace, theta, rewards, tol, max_steps)
     try:
         pp = np.asarray(p, dtype=np.float64)
@@ -1252,6 +1275,10 @@ def sf_and_gradient(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps
     >>> grad[:, 0].round(10).tolist()   # −0.5·e^{−1}, −e^{−2}
     [-0.1839397206, -0.1353352832]
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.sf(trace, t, theta, rewards=rewards, gradient=True)
     return _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, 0)
 
 
@@ -1271,6 +1298,10 @@ def cdf_and_gradient(
     >>> dF.round(10).tolist()                               # t·e^{−θt}
     [[0.1839397206], [0.3032653299]]
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.cdf(trace, t, theta, rewards=rewards, gradient=True)
     return _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, 1)
 
 
@@ -1292,6 +1323,10 @@ def pdf_and_gradient(
     >>> round(float(df[0]), 10)
     0.3032653299
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.pdf(trace, t, theta, rewards=rewards, gradient=True)
     return _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, 2)
 
 

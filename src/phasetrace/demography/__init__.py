@@ -2,3 +2,8 @@
 
 Nothing here imports ``demes`` (or anything heavy) at import time.
 """
+
+from .engine import MapTerms
+from .epochs import EpochModel, TimeModel
+
+__all__ = ["EpochModel", "MapTerms", "TimeModel"]

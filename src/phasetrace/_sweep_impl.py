@@ -1,0 +1,400 @@
+"""Compiled uniformization sweeps over a time span with constant rates (numba).
+
+Used by the time-inhomogeneous layer (:mod:`phasetrace.demography.engine`) for every
+bounded piece of time. For one θ, with ``G`` the Van Loan generator of the piece (``S`` on
+the diagonal blocks, the rewards on the superdiagonal) and ``Λ`` at least every exit
+rate that the mass can meet, the row vector ``[v_0 … v_{K−1}]`` evolves as
+
+    v(h) = Σ_n Pois(n; Λh)·w⁽ⁿ⁾,   w⁽ⁿ⁾ = w⁽ⁿ⁻¹⁾(I + G/Λ),   w⁽⁰⁾ = v(0),
+
+and its integral as ``∫₀ʰ v(s) ds = Λ⁻¹ Σ_n P(N > n)·w⁽ⁿ⁾`` (``N ~ Pois(Λh)``): sums of
+non-negative terms (no cancellation). One step of the sequence is
+``w_m ← w_m P + (w_{m−1}∘r)/Λ`` with ``P = I + S/Λ``, a sparse product per vector.
+
+**Adaptive rate.** A span is cut into sub-spans. At the start of each, entries that are
+negligible (below ``flush`` times their vector's largest entry) are set to 0, and ``Λ``
+is the largest exit rate among the states the remaining mass can reach (the downstream
+closure of the occupied states): in a coalescent, once the mass has left the states with
+many lineages, their large rates stop setting the step. Sub-spans double in length (in
+steps), so their number grows with the logarithm of the work.
+
+**Tangents.** Forward-mode derivatives in ``D`` directions with ``Λ`` and the sub-spans
+held fixed (the identities hold for every ``Λ`` at least the rates, so this is the exact
+derivative of the computed series): ``w'_m ← w'_m P + w_m P'_d + (w'_{m−1}∘r)/Λ``, with
+``P'_d`` the derivative of ``S/Λ`` in direction ``d``.
+
+Vector layout (per θ): ``W[j, v]``; ``j = 0`` is level 0 (the probability mass, shared by
+every reward vector) and ``j = 1 + (m − 1)·R + r`` is level ``m`` for reward ``r``
+(``m = 1 … K − 1``). The integral accumulated is that of the top level ``K − 1``: one
+vector when ``K = 1`` (level 0), else ``R``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+
+
+@njit(**_JIT)
+def poisson_window(lam, eps, extra):
+    """Poisson weights ``p[n] = Pois(n; λ)`` and tails ``T[n] = P(N > n)``, ``n = 0 … M``.
+
+    ``M`` is the first point right of the mode where the remaining tail is at most
+    ``eps`` (relative), plus ``extra`` (levels of the Van Loan sequence grow like
+    polynomials of that degree in ``n``, and ``Σ_{n>M} p_n·n^m/λ^m`` is the tail of a
+    Poisson at ``M − m``). Weights are computed from the mode outward and normalised
+    over the window, so nothing underflows for large ``λ``; entries left of the point
+    where the left tail falls below ``eps`` are 0.
+    """
+    if lam <= 0.0:
+        p = np.zeros(extra + 1)
+        t = np.zeros(extra + 1)
+        p[0] = 1.0
+        return p, t
+    mode = int(lam)
+    half = 0.5 * eps
+    # rightwards from the mode
+    right = mode
+    w = 1.0
+    total = 1.0
+    while True:
+        rho = lam / (right + 2.0)
+        w_next = w * lam / (right + 1.0)
+        if right + 2.0 > lam and w_next / (1.0 - rho) <= half * total:
+            break
+        w = w_next
+        total += w
+        right += 1
+    m_last = right + extra
+    p = np.zeros(m_last + 1)
+    p[mode] = 1.0
+    w = 1.0
+    for n in range(mode + 1, m_last + 1):
+        w = w * lam / n
+        p[n] = w
+    # leftwards from the mode
+    w = 1.0
+    n = mode
+    while n > 0:
+        rho = n / lam
+        if n < mode and w * rho / (1.0 - rho) <= half * total:
+            break
+        w = w * n / lam
+        n -= 1
+        p[n] = w
+        total += w
+    s = 0.0
+    for i in range(m_last + 1):
+        s += p[i]
+    t = np.zeros(m_last + 1)
+    acc = 0.0
+    for i in range(m_last, -1, -1):
+        p[i] = p[i] / s
+        t[i] = acc
+        acc += p[i]
+    return p, t
+
+
+@njit(**_JIT)
+def _closure(ptr, dst, seed_mask, mark, stack):
+    """Vertices reachable from those with ``seed_mask`` (itself included): their number
+    ``c``, listed in ``stack[:c]`` and flagged in ``mark`` (cleared by the caller)."""
+    c = 0
+    for v in range(seed_mask.shape[0]):
+        if seed_mask[v]:
+            mark[v] = True
+            stack[c] = v
+            c += 1
+    i = 0
+    while i < c:
+        v = stack[i]
+        i += 1
+        for e in range(ptr[v], ptr[v + 1]):
+            w = dst[e]
+            if not mark[w]:
+                mark[w] = True
+                stack[c] = w
+                c += 1
+    return c
+
+
+@njit(**_JIT)
+def _step(ptr, dst, rate, q, lam_inv, rew, R, K, act, n_act, cur, nxt):
+    """``nxt = cur·(I + G/Λ)`` on the active vertices (all vectors, layout above)."""
+    nvec = cur.shape[0]
+    for i in range(n_act):
+        u = act[i]
+        keep = 1.0 - q[u] * lam_inv
+        nxt[0, u] = cur[0, u] * keep
+        for m in range(1, K):
+            for r in range(R):
+                j = 1 + (m - 1) * R + r
+                below = cur[0, u] if m == 1 else cur[j - R, u]
+                nxt[j, u] = cur[j, u] * keep + below * rew[r, u] * lam_inv
+    for i in range(n_act):
+        u = act[i]
+        for e in range(ptr[u], ptr[u + 1]):
+            w = dst[e]
+            f = rate[e] * lam_inv
+            for j in range(nvec):
+                nxt[j, w] += cur[j, u] * f
+
+
+@njit(**_JIT)
+def _step_tangent(ptr, dst, rate, q, drate, dq, lam_inv, rew, R, K, act, n_act, cur, dcur, dnxt):
+    """``dnxt = dcur·(I + G/Λ) + cur·P'`` for one direction (``drate``, ``dq``)."""
+    nvec = cur.shape[0]
+    for i in range(n_act):
+        u = act[i]
+        keep = 1.0 - q[u] * lam_inv
+        dk = -dq[u] * lam_inv
+        dnxt[0, u] = dcur[0, u] * keep + cur[0, u] * dk
+        for m in range(1, K):
+            for r in range(R):
+                j = 1 + (m - 1) * R + r
+                below = dcur[0, u] if m == 1 else dcur[j - R, u]
+                dnxt[j, u] = dcur[j, u] * keep + cur[j, u] * dk + below * rew[r, u] * lam_inv
+    for i in range(n_act):
+        u = act[i]
+        for e in range(ptr[u], ptr[u + 1]):
+            w = dst[e]
+            f = rate[e] * lam_inv
+            df = drate[e] * lam_inv
+            for j in range(nvec):
+                dnxt[j, w] += dcur[j, u] * f + cur[j, u] * df
+
+
+@njit(**_JIT)
+def apply_generator(ptr, dst, rate, q, rew, R, K, x, out):
+    """``out = x·G`` (all vectors): the derivative of the state in the span's length."""
+    nvec = x.shape[0]
+    V = x.shape[1]
+    for u in range(V):
+        out[0, u] = -x[0, u] * q[u]
+        for m in range(1, K):
+            for r in range(R):
+                j = 1 + (m - 1) * R + r
+                below = x[0, u] if m == 1 else x[j - R, u]
+                out[j, u] = -x[j, u] * q[u] + below * rew[r, u]
+    for u in range(V):
+        for e in range(ptr[u], ptr[u + 1]):
+            w = dst[e]
+            for j in range(nvec):
+                out[j, w] += x[j, u] * rate[e]
+
+
+@njit(**_JIT)
+def _flush(x, flush):
+    """Set entries below ``flush`` times the largest magnitude of their row to 0."""
+    for j in range(x.shape[0]):
+        big = 0.0
+        for u in range(x.shape[1]):
+            a = abs(x[j, u])
+            if a > big:
+                big = a
+        cut = flush * big
+        for u in range(x.shape[1]):
+            if abs(x[j, u]) < cut:
+                x[j, u] = 0.0
+
+
+@njit(**_JIT)
+def sweep_one(
+    ptr, dst, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ, dinteg, eps, flush, h0,
+    max_steps,
+):  # fmt: skip
+    """Advance one θ through a span of length ``tau`` (see the module docstring).
+
+    ``W`` (nvec, V) and ``integ`` (nint, V) in place; tangents ``dW`` (D, nvec, V) and
+    ``dinteg``
+    (D, nint, V) for the directions ``d`` with ``dlive[d]`` or a nonzero tangent (others
+    stay 0). ``drate`` (D, E), ``dq`` (D, V): derivatives of the rates; ``dtau`` (D,):
+    of the span's length. Returns the number of sequence steps taken, or −1 when more
+    than ``max_steps`` would be needed.
+    """
+    nvec, V = W.shape
+    D = dW.shape[0]
+    R = rew.shape[0]
+    top0 = 0 if K == 1 else 1 + (K - 2) * R  # first vector of the integrated level
+    nint = integ.shape[0]
+    live = np.zeros(D, dtype=np.bool_)
+    for d in range(D):
+        live[d] = dlive[d]
+        if not live[d]:
+            for j in range(nvec):
+                for u in range(V):
+                    if dW[d, j, u] != 0.0:
+                        live[d] = True
+                        break
+                if live[d]:
+                    break
+    cur = np.empty((nvec, V))
+    nxt = np.empty((nvec, V))
+    acc = np.empty((nvec, V))
+    iacc = np.empty((nint, V))
+    dcur = np.empty((D, nvec, V))
+    dnxt = np.empty((nvec, V))
+    dacc = np.empty((D, nvec, V))
+    diacc = np.empty((D, nint, V))
+    mark = np.zeros(V, dtype=np.bool_)
+    occ = np.zeros(V, dtype=np.bool_)
+    act = np.empty(V, dtype=np.int64)
+    steps = 0
+    remaining = tau
+    target = h0
+    while remaining > 0.0:
+        _flush(W, flush)
+        for d in range(D):
+            if live[d]:
+                _flush(dW[d], flush)
+        for u in range(V):
+            o = False
+            for j in range(nvec):
+                if W[j, u] != 0.0:
+                    o = True
+                    break
+            if not o:
+                for d in range(D):
+                    if live[d]:
+                        for j in range(nvec):
+                            if dW[d, j, u] != 0.0:
+                                o = True
+                                break
+                    if o:
+                        break
+            occ[u] = o
+        n_act = _closure(ptr, dst, occ, mark, act)
+        lam = 0.0
+        for i in range(n_act):
+            u = act[i]
+            mark[u] = False
+            if q[u] > lam:
+                lam = q[u]
+        # Λ = 0: nothing moves, but rewards still accrue; any Λ > 0 is exact then.
+        if lam <= 0.0:
+            lam = 1.0 / remaining
+        h = min(remaining, target / lam)
+        if remaining - h < 1e-12 * tau:  # no sliver of a sub-span at the end
+            h = remaining
+        lam_t = lam * h
+        p, t = poisson_window(lam_t, eps, K + 1)
+        n_last = p.shape[0] - 1
+        if steps + n_last > max_steps:
+            return -1
+        lam_inv = 1.0 / lam
+        for i in range(n_act):
+            u = act[i]
+            for j in range(nvec):
+                cur[j, u] = W[j, u]
+                acc[j, u] = p[0] * W[j, u]
+            for j in range(nint):
+                iacc[j, u] = t[0] * lam_inv * W[top0 + j, u]
+            for d in range(D):
+                if live[d]:
+                    for j in range(nvec):
+                        dcur[d, j, u] = dW[d, j, u]
+                        dacc[d, j, u] = p[0] * dW[d, j, u]
+                    for j in range(nint):
+                        diacc[d, j, u] = t[0] * lam_inv * dW[d, top0 + j, u]
+        for n in range(1, n_last + 1):
+            for d in range(D):  # tangents first: they read cur before it advances
+                if live[d]:
+                    _step_tangent(
+                        ptr, dst, rate, q, drate[d], dq[d], lam_inv, rew, R, K, act, n_act,
+                        cur, dcur[d], dnxt,
+                    )  # fmt: skip
+                    pn = p[n]
+                    tn = t[n] * lam_inv
+                    for i in range(n_act):
+                        u = act[i]
+                        for j in range(nvec):
+                            x = dnxt[j, u]
+                            dcur[d, j, u] = x
+                            dacc[d, j, u] += pn * x
+                        for j in range(nint):
+                            diacc[d, j, u] += tn * dcur[d, top0 + j, u]
+            _step(ptr, dst, rate, q, lam_inv, rew, R, K, act, n_act, cur, nxt)
+            pn = p[n]
+            tn = t[n] * lam_inv
+            for i in range(n_act):
+                u = act[i]
+                for j in range(nvec):
+                    x = nxt[j, u]
+                    cur[j, u] = x
+                    acc[j, u] += pn * x
+                for j in range(nint):
+                    iacc[j, u] += tn * cur[top0 + j, u]
+        steps += n_last
+        for i in range(n_act):
+            u = act[i]
+            for j in range(nvec):
+                W[j, u] = acc[j, u]
+            for j in range(nint):
+                integ[j, u] += iacc[j, u]
+            for d in range(D):
+                if live[d]:
+                    for j in range(nvec):
+                        dW[d, j, u] = dacc[d, j, u]
+                    for j in range(nint):
+                        dinteg[d, j, u] += diacc[d, j, u]
+        remaining -= h
+        target *= 2.0
+    # the span's length: d/dτ v(τ) = v(τ)·G, d/dτ ∫ v_top = v_top(τ)
+    any_dtau = False
+    for d in range(D):
+        if dtau[d] != 0.0:
+            any_dtau = True
+    if any_dtau:
+        apply_generator(ptr, dst, rate, q, rew, R, K, W, nxt)
+        for d in range(D):
+            g = dtau[d]
+            if g != 0.0:
+                for j in range(nvec):
+                    for u in range(V):
+                        dW[d, j, u] += g * nxt[j, u]
+                for j in range(nint):
+                    for u in range(V):
+                        dinteg[d, j, u] += g * W[top0 + j, u]
+    return steps
+
+
+@njit(**_JIT)
+def sweep_batch(
+    ptr, dst, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ, dinteg, eps, flush, h0,
+    max_steps,
+):  # fmt: skip
+    """:func:`sweep_one` for every θ of a batch (leading axis ``B`` on every per-θ
+    array). Returns the steps taken per θ (−1: over ``max_steps``)."""
+    B = W.shape[0]
+    out = np.empty(B, dtype=np.int64)
+    for b in range(B):
+        out[b] = sweep_one(
+            ptr, dst, rate[b], q[b], drate[b], dq[b], dlive[b], rew, K, tau[b], dtau[b], W[b],
+            dW[b], integ[b], dinteg[b], eps, flush, h0, max_steps,
+        )  # fmt: skip
+    return out
+
+
+@njit(**_JIT)
+def apply_map_batch(src, dst, val, dval, W, dW, out, dout):
+    """``out = W·M`` and ``dout = dW·M + W·M'`` for sparse maps given as terms.
+
+    ``val`` (B, T): the value of each term ``src → dst``; ``dval`` (B, D, T): its
+    derivatives. ``W`` (B, nvec, V), ``dW`` (B, D, nvec, V); ``out``/``dout`` zeroed by
+    the caller.
+    """
+    B, nvec, _ = W.shape
+    D = dW.shape[1]
+    T = src.shape[0]
+    for b in range(B):
+        for k in range(T):
+            u = src[k]
+            w = dst[k]
+            f = val[b, k]
+            for j in range(nvec):
+                x = W[b, j, u]
+                out[b, j, w] += x * f
+                for d in range(D):
+                    dout[b, d, j, w] += dW[b, d, j, u] * f + x * dval[b, d, k]
