@@ -745,7 +745,7 @@ def _build(graph: Any, kept: list[str]) -> _Built:
                 f"a_{a}_{deme.name}",
                 q,
                 "ancestry",
-                f"proportion of {deme.name} from {a} at its start (the rest from {last})",
+                f"proportion of {deme.name} from {a} at its start ({last} gets the rest)",
             )
             for a, q in zip(deme.ancestors[:-1], deme.proportions[:-1], strict=True)
         )
