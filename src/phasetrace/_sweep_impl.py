@@ -121,49 +121,81 @@ def _closure(ptr, dst, seed_mask, mark, stack):
 
 
 @njit(**_JIT)
-def _step(ptr, dst, rate, q, lam_inv, rew, R, K, act, n_act, cur, nxt):
-    """``nxt = cur·(I + G/Λ)`` on the active vertices (all vectors, layout above)."""
+def _step(ptr, dst, keep, f, lam_inv, rew, R, K, act, n_act, cur, nxt):
+    """``nxt = cur·(I + G/Λ)`` on the active vertices (all vectors, layout above);
+    ``keep = 1 − q/Λ`` per vertex, ``f = rate/Λ`` per edge."""
     nvec = cur.shape[0]
     for i in range(n_act):
         u = act[i]
-        keep = 1.0 - q[u] * lam_inv
-        nxt[0, u] = cur[0, u] * keep
+        k = keep[u]
+        nxt[0, u] = cur[0, u] * k
         for m in range(1, K):
             for r in range(R):
                 j = 1 + (m - 1) * R + r
                 below = cur[0, u] if m == 1 else cur[j - R, u]
-                nxt[j, u] = cur[j, u] * keep + below * rew[r, u] * lam_inv
+                nxt[j, u] = cur[j, u] * k + below * rew[r, u] * lam_inv
     for i in range(n_act):
         u = act[i]
         for e in range(ptr[u], ptr[u + 1]):
             w = dst[e]
-            f = rate[e] * lam_inv
+            fe = f[e]
             for j in range(nvec):
-                nxt[j, w] += cur[j, u] * f
+                nxt[j, w] += cur[j, u] * fe
 
 
 @njit(**_JIT)
-def _step_tangent(ptr, dst, rate, q, drate, dq, lam_inv, rew, R, K, act, n_act, cur, dcur, dnxt):
-    """``dnxt = dcur·(I + G/Λ) + cur·P'`` for one direction (``drate``, ``dq``)."""
+def _step_tangent(ptr, dst, keep, f, dkeep, df, lam_inv, rew, R, K, act, n_act, cur, dcur, dnxt):
+    """``dnxt = dcur·(I + G/Λ) + cur·P'`` for one direction (``dkeep = −q'/Λ``,
+    ``df = rate'/Λ``)."""
     nvec = cur.shape[0]
     for i in range(n_act):
         u = act[i]
-        keep = 1.0 - q[u] * lam_inv
-        dk = -dq[u] * lam_inv
-        dnxt[0, u] = dcur[0, u] * keep + cur[0, u] * dk
+        k = keep[u]
+        dk = dkeep[u]
+        dnxt[0, u] = dcur[0, u] * k + cur[0, u] * dk
         for m in range(1, K):
             for r in range(R):
                 j = 1 + (m - 1) * R + r
                 below = dcur[0, u] if m == 1 else dcur[j - R, u]
-                dnxt[j, u] = dcur[j, u] * keep + cur[j, u] * dk + below * rew[r, u] * lam_inv
+                dnxt[j, u] = dcur[j, u] * k + cur[j, u] * dk + below * rew[r, u] * lam_inv
     for i in range(n_act):
         u = act[i]
         for e in range(ptr[u], ptr[u + 1]):
             w = dst[e]
-            f = rate[e] * lam_inv
-            df = drate[e] * lam_inv
+            fe = f[e]
+            dfe = df[e]
             for j in range(nvec):
-                dnxt[j, w] += dcur[j, u] * f + cur[j, u] * df
+                dnxt[j, w] += dcur[j, u] * fe + cur[j, u] * dfe
+
+
+@njit(**_JIT)
+def _span_simple(ptr, dst, keep, f, act, n_act, p, t, lam_inv, w, integ, cur, nxt):
+    """One sub-span for the common case: level 0 only, no tangents (``w`` and ``integ``
+    are rows of ``W`` and of the integral)."""
+    for i in range(n_act):
+        u = act[i]
+        x = w[u]
+        cur[u] = x
+        w[u] = p[0] * x
+        integ[u] += t[0] * lam_inv * x
+    for n in range(1, p.shape[0]):
+        for i in range(n_act):
+            u = act[i]
+            nxt[u] = cur[u] * keep[u]
+        for i in range(n_act):
+            u = act[i]
+            x = cur[u]
+            if x != 0.0:
+                for e in range(ptr[u], ptr[u + 1]):
+                    nxt[dst[e]] += x * f[e]
+        pn = p[n]
+        tn = t[n] * lam_inv
+        for i in range(n_act):
+            u = act[i]
+            x = nxt[u]
+            w[u] += pn * x
+            integ[u] += tn * x
+        cur, nxt = nxt, cur
 
 
 @njit(**_JIT)
@@ -203,7 +235,7 @@ def _flush(x, flush):
 @njit(**_JIT)
 def sweep_one(
     ptr, dst, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ, dinteg, eps, flush, h0,
-    max_steps,
+    one_go, max_steps,
 ):  # fmt: skip
     """Advance one θ through a span of length ``tau`` (see the module docstring).
 
@@ -241,9 +273,18 @@ def sweep_one(
     mark = np.zeros(V, dtype=np.bool_)
     occ = np.zeros(V, dtype=np.bool_)
     act = np.empty(V, dtype=np.int64)
+    keep = np.empty(V)
+    dkeep = np.empty((D, V))
+    E = dst.shape[0]
+    f = np.empty(E)
+    df = np.empty((D, E))
+    any_live = False
+    for d in range(D):
+        any_live = any_live or live[d]
+    simple = nvec == 1 and nint == 1 and not any_live
     steps = 0
     remaining = tau
-    target = h0
+    elapsed = 0.0
     while remaining > 0.0:
         _flush(W, flush)
         for d in range(D):
@@ -275,15 +316,36 @@ def sweep_one(
         # Λ = 0: nothing moves, but rewards still accrue; any Λ > 0 is exact then.
         if lam <= 0.0:
             lam = 1.0 / remaining
-        h = min(remaining, target / lam)
-        if remaining - h < 1e-12 * tau:  # no sliver of a sub-span at the end
-            h = remaining
+        if lam * remaining <= one_go:
+            h = remaining  # little work left: splitting would cost more tails than it saves
+        else:  # stiff: double the time covered, so Λ can follow the mass downstream
+            h = min(remaining, max(elapsed, h0 / lam))
+            if remaining - h < 1e-12 * tau:  # no sliver of a sub-span at the end
+                h = remaining
         lam_t = lam * h
         p, t = poisson_window(lam_t, eps, K + 1)
         n_last = p.shape[0] - 1
         if steps + n_last > max_steps:
             return -1
         lam_inv = 1.0 / lam
+        for i in range(n_act):
+            u = act[i]
+            keep[u] = 1.0 - q[u] * lam_inv
+            for e in range(ptr[u], ptr[u + 1]):
+                f[e] = rate[e] * lam_inv
+            for d in range(D):
+                if live[d]:
+                    dkeep[d, u] = -dq[d, u] * lam_inv
+                    for e in range(ptr[u], ptr[u + 1]):
+                        df[d, e] = drate[d, e] * lam_inv
+        steps += n_last
+        remaining -= h
+        elapsed += h
+        if simple:
+            _span_simple(
+                ptr, dst, keep, f, act, n_act, p, t, lam_inv, W[0], integ[0], cur[0], nxt[0]
+            )
+            continue
         for i in range(n_act):
             u = act[i]
             for j in range(nvec):
@@ -302,7 +364,7 @@ def sweep_one(
             for d in range(D):  # tangents first: they read cur before it advances
                 if live[d]:
                     _step_tangent(
-                        ptr, dst, rate, q, drate[d], dq[d], lam_inv, rew, R, K, act, n_act,
+                        ptr, dst, keep, f, dkeep[d], df[d], lam_inv, rew, R, K, act, n_act,
                         cur, dcur[d], dnxt,
                     )  # fmt: skip
                     pn = p[n]
@@ -315,7 +377,7 @@ def sweep_one(
                             dacc[d, j, u] += pn * x
                         for j in range(nint):
                             diacc[d, j, u] += tn * dcur[d, top0 + j, u]
-            _step(ptr, dst, rate, q, lam_inv, rew, R, K, act, n_act, cur, nxt)
+            _step(ptr, dst, keep, f, lam_inv, rew, R, K, act, n_act, cur, nxt)
             pn = p[n]
             tn = t[n] * lam_inv
             for i in range(n_act):
@@ -326,7 +388,6 @@ def sweep_one(
                     acc[j, u] += pn * x
                 for j in range(nint):
                     iacc[j, u] += tn * cur[top0 + j, u]
-        steps += n_last
         for i in range(n_act):
             u = act[i]
             for j in range(nvec):
@@ -339,8 +400,6 @@ def sweep_one(
                         dW[d, j, u] = dacc[d, j, u]
                     for j in range(nint):
                         dinteg[d, j, u] += diacc[d, j, u]
-        remaining -= h
-        target *= 2.0
     # the span's length: d/dτ v(τ) = v(τ)·G, d/dτ ∫ v_top = v_top(τ)
     any_dtau = False
     for d in range(D):
@@ -363,7 +422,7 @@ def sweep_one(
 @njit(**_JIT)
 def sweep_batch(
     ptr, dst, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ, dinteg, eps, flush, h0,
-    max_steps,
+    one_go, max_steps,
 ):  # fmt: skip
     """:func:`sweep_one` for every θ of a batch (leading axis ``B`` on every per-θ
     array). Returns the steps taken per θ (−1: over ``max_steps``)."""
@@ -372,7 +431,7 @@ def sweep_batch(
     for b in range(B):
         out[b] = sweep_one(
             ptr, dst, rate[b], q[b], drate[b], dq[b], dlive[b], rew, K, tau[b], dtau[b], W[b],
-            dW[b], integ[b], dinteg[b], eps, flush, h0, max_steps,
+            dW[b], integ[b], dinteg[b], eps, flush, h0, one_go, max_steps,
         )  # fmt: skip
     return out
 

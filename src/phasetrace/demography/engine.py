@@ -38,8 +38,11 @@ DEFAULT_TOL = 1e-10
 #: Entries below this fraction of their vector's largest entry are dropped between
 #: sub-spans (so that the uniformization rate can follow the mass downstream).
 FLUSH = 1e-30
-#: Steps of the first sub-span of a piece; each next one is twice as long.
+#: Steps of the first sub-span of a stiff piece; each next one covers as much time as
+#: all before it, so the rate can follow the mass to slower states.
 FIRST_STEPS = 64.0
+#: A piece (or its rest) that needs at most this many steps is done in one sub-span.
+ONE_GO_STEPS = 512.0
 #: Refuse a piece that needs more uniformization steps than this (per θ).
 DEFAULT_MAX_STEPS = 50_000_000
 
@@ -304,7 +307,7 @@ class EpochEngine:
             dtau = np.zeros((B, D)) if step.dtau is None else np.asarray(step.dtau, np.float64)
             done = sw.sweep_batch(
                 ep.ptr, ep.dst, rate, q, drate, dq, dlive, rewards, K, tau, dtau, W, dW, integ,
-                dinteg, eps, FLUSH, FIRST_STEPS, max_steps,
+                dinteg, eps, FLUSH, FIRST_STEPS, ONE_GO_STEPS, max_steps,
             )  # fmt: skip
             if (done < 0).any():
                 b = int(np.flatnonzero(done < 0)[0])
@@ -509,7 +512,7 @@ class EpochEngine:
                     done = sw.sweep_batch(
                         ep.ptr, ep.dst, rate, q, drate, dq, dlive, no_rewards, 1,
                         np.array([target - now]), dtau0, W, dW, integ, dinteg, eps, FLUSH,
-                        FIRST_STEPS, max_steps,
+                        FIRST_STEPS, ONE_GO_STEPS, max_steps,
                     )  # fmt: skip
                     if done[0] < 0:
                         raise InvalidParameterError(
