@@ -14,11 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 collect_ignore = []
 if find_spec("jax") is None:
-    collect_ignore += [
-        "src/phasetrace/jax.py",
-        "src/phasetrace/_jax_bridge.py",
-        "src/phasetrace/_jax_lower.py",
-    ]
+    collect_ignore += ["src/phasetrace/jax"]
 if find_spec("distributed") is None:
     collect_ignore += ["src/phasetrace/executors/daskpool.py"]
 if find_spec("joblib") is None:

@@ -5,7 +5,7 @@ and 100) or ``--quick`` (two_island(20) only, under 20 s); ``--json PATH`` also 
 numbers. For each trace, one after the other in one process:
 
 1. **setup**: numpy builds its level-scheduled plan; JAX lowers the trace to its step
-   program (numpy, :mod:`phasetrace._jax_lower`) and XLA compiles it (``jit(...).lower(...)
+   program (numpy, :mod:`phasetrace.jax._lower`) and XLA compiles it (``jit(...).lower(...)
    .compile()``, for the batched function and for the one-θ function).
 2. **eval**: ``E[T]``, ``E[T²]`` for a batch of ``--batch`` θ (default 1000): numpy's
    ``Trace.moments`` against the batched JAX function (``moments_fn(..., batched=True)``);

@@ -1,5 +1,5 @@
 """Derivatives in θ of the distribution functions (``*_and_gradient``) and their JAX
-functions (``phasetrace._jax_distribution``), against independent references:
+functions (``phasetrace.jax._distribution``), against independent references:
 
 - the exact Fréchet derivative of the matrix exponential (``scipy.linalg.expm_frechet``)
   on the dense sub-intensity matrix ``S(θ)`` and its derivative ``∂S/∂θ_p``, both built
@@ -369,7 +369,7 @@ def jax_mod():
 def test_jax_values_jit_vmap_grad(jax_mod, kind):
     jax = jax_mod
     jnp = jax.numpy
-    from phasetrace._jax_distribution import distribution_fn
+    from phasetrace.jax._distribution import distribution_fn
 
     graph = pt.models.two_island(5)
     trace = pt.record_trace(graph)
@@ -401,7 +401,7 @@ def test_jax_values_jit_vmap_grad(jax_mod, kind):
 
 def test_jax_derivative_in_t(jax_mod):
     jax = jax_mod
-    from phasetrace._jax_distribution import distribution_fn
+    from phasetrace.jax._distribution import distribution_fn
 
     trace = pt.record_trace(pt.models.two_island(4))
     theta = np.array([1.0, 0.5])
@@ -432,7 +432,7 @@ def test_jax_derivative_in_t(jax_mod):
 
 def test_jax_rewards_and_bad_theta(jax_mod):
     jax = jax_mod
-    from phasetrace._jax_distribution import distribution_fn
+    from phasetrace.jax._distribution import distribution_fn
 
     graph = pt.models.kingman(5)
     trace = pt.record_trace(graph)
@@ -459,8 +459,8 @@ def test_jax_rewards_and_bad_theta(jax_mod):
 def test_jax_precision_warning_and_shapes(jax_mod):
     jax = jax_mod
     jnp = jax.numpy
-    from phasetrace._jax_distribution import distribution_fn
     from phasetrace.errors import PrecisionWarning
+    from phasetrace.jax._distribution import distribution_fn
 
     trace = pt.record_trace(pt.models.two_island(3))
     f = distribution_fn(trace, "sf")

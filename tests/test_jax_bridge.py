@@ -26,14 +26,14 @@ from hypothesis import strategies as st  # noqa: E402
 
 import phasetrace as pt  # noqa: E402
 import workfns as T  # noqa: E402
-from phasetrace import _jax_bridge as bridge  # noqa: E402
-from phasetrace._jax_bridge import GraphStore, record_traces_callback  # noqa: E402
 from phasetrace.errors import (  # noqa: E402
     InvalidGraphError,
     StrategyRejectedError,
     WorkerCrashedError,
 )
 from phasetrace.executors import Executor, WorkItem, get_executor  # noqa: E402
+from phasetrace.jax import _bridge as bridge  # noqa: E402
+from phasetrace.jax._bridge import GraphStore, record_traces_callback  # noqa: E402
 from phasetrace.scc import decompose  # noqa: E402
 from strategies import cyclic_graphs  # noqa: E402
 
@@ -370,7 +370,7 @@ def test_callbacks_from_xla_threads_on_two_devices():
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         import jax, jax.numpy as jnp, numpy as np
         import phasetrace as pt
-        from phasetrace._jax_bridge import GraphStore, record_traces_callback
+        from phasetrace.jax._bridge import GraphStore, record_traces_callback
         store = GraphStore(strategy="sequential", cache=False)
         idx = store.register_many(pt.models.kingman(n) for n in (3, 4, 5))
         f = jax.pmap(lambda i: record_traces_callback(i, store=store))

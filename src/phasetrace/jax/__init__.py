@@ -16,20 +16,20 @@ Enable float64 first, once, at the start of the program (see *Precision* below):
 
 Recording traces from inside JAX programs (``record_traces_callback``, ``GraphStore``: one
 host call per vmapped batch, handed to the configured executor) is documented in
-:mod:`phasetrace._jax_bridge`; its names are re-exported here.
+:mod:`phasetrace.jax._bridge`; its names are re-exported here.
 
 How it evaluates
 ----------------
 Two methods, picked by the backend (``moments_fn(..., method=...)``):
 
 ``"kernel"`` (the default on CPU)
-    A host callback into the compiled replay kernel (:mod:`phasetrace._jax_kernel`):
+    A host callback into the compiled replay kernel (:mod:`phasetrace.jax._kernel`):
     ``jax.vmap`` hands a whole batch to one kernel call, ``jax.grad`` uses the kernel's
     adjoint (moments and Jacobian in one call; ``Jᵀg`` in the backward rule). Results
     are bitwise those of :meth:`Trace.moments`.
 ``"native"`` (the default on accelerators)
     The trace lowered once to a ``lax.scan`` over fixed-width steps that XLA compiles
-    for the device (:mod:`phasetrace._jax_native`); gradients in forward or reverse mode
+    for the device (:mod:`phasetrace.jax._native`); gradients in forward or reverse mode
     (``gradient=``). Results agree with :meth:`Trace.moments` to about 1e-15 relative
     (sums are added in a tree order).
 
@@ -79,7 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._args import (
+from .._args import (
     ZeroRatePlan,
     as_k,
     as_reward_matrix,
@@ -88,7 +88,8 @@ from ._args import (
     transient_rewards,
     zero_rate_plan,
 )
-from ._jax_bridge import (
+from ..errors import InvalidParameterError, PrecisionWarning
+from ._bridge import (
     BridgeStats,
     GraphStore,
     RecordingFailure,
@@ -99,9 +100,8 @@ from ._jax_bridge import (
     record_traces_callback,
     register_graph,
 )
-from ._jax_distribution import distribution_fn
-from ._jax_native import FORWARD_MODE_MAX, _Evaluator
-from .errors import InvalidParameterError, PrecisionWarning
+from ._distribution import distribution_fn
+from ._native import FORWARD_MODE_MAX, _Evaluator
 
 __all__ = [
     "BridgeStats",
@@ -214,7 +214,7 @@ def moments_fn(
         method = "kernel" if jax.default_backend() == "cpu" else "native"
     rew, multi = as_reward_matrix(trace, rewards)
     if method == "kernel":
-        from ._jax_kernel import KernelFunction
+        from ._kernel import KernelFunction
 
         ev = KernelFunction(trace, k, transient_rewards(trace, rew), multi)
         single = many = jax.jit(ev.fn)

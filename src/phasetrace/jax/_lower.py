@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY
+from ..ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY
 
 K_FMA, K_MUL, K_DIV, K_SUM, K_DOT = range(5)
 KIND_NAMES = ("fma", "mul", "div", "sum", "dot")

@@ -2,11 +2,11 @@
 
 This is the evaluator for accelerators (:func:`phasetrace.jax.moments_fn` with
 ``method="native"``, the default off CPU). On CPU the compiled kernel is faster
-(:mod:`phasetrace._jax_kernel`).
+(:mod:`phasetrace.jax._kernel`).
 
 A trace is a straight-line program of up to a few hundred thousand ops. Emitting one JAX
 operation per op does not scale (XLA's compile time grows past minutes), and scanning
-one op per step is slow per θ and does not batch well. :mod:`phasetrace._jax_lower`
+one op per step is slow per θ and does not batch well. :mod:`phasetrace.jax._lower`
 therefore lowers the trace once, in numpy, to a program of **steps**: each step computes a
 fixed number of independent ops of each kind (``a + b·c``, ``b·c``, ``a / b``, sums of
 6 terms, dot products of 16 terms for exit folds and back substitution), reading all its
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._jax_lower import D_DOT, D_SUM, Lowered, lower
+from ._lower import D_DOT, D_SUM, Lowered, lower
 
 #: Automatic chunk size (θ per chunk of a batch): the largest power of two whose value
 #: array fits in :data:`CHUNK_BYTES`, within [:data:`MIN_CHUNK`, :data:`MAX_CHUNK`], and

@@ -71,7 +71,7 @@ Examples
 --------
 >>> import jax, jax.numpy as jnp
 >>> import phasetrace as pt
->>> from phasetrace._jax_bridge import GraphStore
+>>> from phasetrace.jax._bridge import GraphStore
 >>> store = GraphStore(strategy="sequential", cache=False)  # e.g. strategy="loky"
 >>> idx = jnp.array([store.register(pt.models.kingman(n)) for n in (3, 4, 5)])
 >>> @jax.jit
@@ -100,11 +100,11 @@ import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.experimental import io_callback
 
-from .errors import InvalidGraphError
-from .graph import Graph
-from .pipeline import compute_traces, last_run_stats
-from .settings import UNSET, resolve
-from .trace import Trace
+from ..errors import InvalidGraphError
+from ..graph import Graph
+from ..pipeline import compute_traces, last_run_stats
+from ..settings import UNSET, resolve
+from ..trace import Trace
 
 __all__ = [
     "BridgeStats",

@@ -35,8 +35,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL, _one_theta, _prepare
-from .errors import InvalidParameterError, PrecisionWarning
+from ..distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL, _one_theta, _prepare
+from ..errors import InvalidParameterError, PrecisionWarning
 
 __all__ = ["KINDS", "distribution_fn"]
 
@@ -162,7 +162,7 @@ def distribution_fn(
     ``T ~ Exp(θ)`` for two lineages::
 
         import jax, numpy as np, phasetrace as pt
-        from phasetrace.jax import distribution_fn   # defined in phasetrace._jax_distribution
+        from phasetrace.jax import distribution_fn   # defined in phasetrace.jax._distribution
 
         tr = pt.record_trace(pt.models.kingman(2, state_space="lineages"))
         F = distribution_fn(tr, "cdf")

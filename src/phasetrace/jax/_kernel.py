@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import kernel
+from .. import kernel
 
 
 def _as_bits(values: np.ndarray) -> np.ndarray:
