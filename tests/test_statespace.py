@@ -505,3 +505,35 @@ def test_too_many_map_terms_is_refused():
     with pytest.raises(InvalidParameterError, match="max_map_terms=20"):
         build_state_space(s, "joint", max_map_terms=20)
     assert full > 20
+
+
+def test_joint_axes_follow_sampled_order():
+    """Reversing ``sampled`` transposes the joint spectrum; an empty population is an axis
+    of length 1."""
+    theta = [1.0, 0.6, 0.0, 0.3, 0.0, 0.9, 0.0]
+
+    def jsfs(sampled):
+        s = make((3, 2, 0), sampled, [[1, 1, 1]], [[(0, 1), (1, 0), (0, 2)]])
+        sp = build_state_space(s, "joint")
+        tr = pt.record_trace(sp.graph)
+        r = in_trace_order(tr, sp.graph, sp.jsfs_rewards())
+        return tr.expectation(theta[: sp.n_params], rewards=r)
+
+    ab = jsfs((0, 1)).reshape(4, 3)
+    assert np.allclose(jsfs((1, 0)).reshape(3, 4), ab.T, rtol=RTOL, atol=0)
+    assert np.allclose(jsfs((0, 2, 1)).reshape(4, 1, 3)[:, 0, :], ab, rtol=RTOL, atol=0)
+
+
+def test_key_collisions_are_detected(monkeypatch):
+    """States are looked up by a 64-bit key; a shared key must raise, never merge."""
+    from phasetrace.demography import _explore
+
+    init = _explore.Explorer.__init__
+
+    def weak_keys(self, *args):
+        init(self, *args)
+        self.w1[:-1] = 1  # first key = the number of lineages: collides all the time
+
+    monkeypatch.setattr(_explore.Explorer, "__init__", weak_keys)
+    with pytest.raises(AssertionError, match="share a 64-bit key"):
+        build_state_space(island((3, 2)), "blocks")

@@ -508,6 +508,11 @@ class _Compositions:
         for j in range(q - 1):
             coef *= binom[left, parts[:, j]]
             left = left - parts[:, j]
+        if not np.isfinite(coef).all():
+            raise InvalidParameterError(
+                f"a boundary moves up to {M} lineages of one type at once: their multinomial "
+                "coefficients overflow float64 (past about 1,000 lineages); use fewer samples"
+            )
         self.parts, self.coef = parts, coef
         self.ptr = np.searchsorted(total, np.arange(M + 2))
         self.count = np.diff(self.ptr)

@@ -84,7 +84,7 @@ class MapTerms:
     src, dst : ndarray of int64, shape (K,)
         Vertices (graph numbering).
     coef : ndarray of float64, shape (K,)
-    exps : ndarray of int64, shape (K, n_symbols)
+    exps : ndarray of int16, shape (K, n_symbols)
     n_proportions : int
         Symbols ``0 … n_proportions − 1`` are the proportions ``p_j``.
     stay_index : tuple of tuple of int
@@ -296,8 +296,9 @@ def build_state_space(
     >>> sp = build_state_space(s, "lineages")
     >>> sp.parameter_names()
     ['c0', 'c1', 'c2', 'm0_1', 'm1_0']
-    >>> sp.support.sum(axis=1).tolist()     # 9 states in demes 0/1; [0,0,3] … [0,0,1]
+    >>> sp.support.sum(axis=1).tolist()   # 1 … 3 lineages in demes 0, 1; then 3, 2, 1 in
     [9, 5]
+    >>> # deme 2, and the two absorbed states of interval 0, which map to themselves
     """
     _check_kind(kind)
     _check_structure(structure)
