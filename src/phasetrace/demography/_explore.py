@@ -26,8 +26,8 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ._spec import Move, Structure
 
-# Fixed, so that builds are reproducible (vertex order does not depend on the keys, but a
-# detected key collision would then recur on every run of the same model).
+# Fixed, so that builds are reproducible: the states new at one breadth-first level are
+# numbered in the order of their keys (and a detected collision recurs, it is not random).
 _HASH_SEED = 0x5A17_C0A1
 # Frontier states expanded at once (bounds the (states × moves) temporaries).
 _CHUNK = 1 << 15
