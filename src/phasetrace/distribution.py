@@ -73,398 +73,16 @@ _SHARE_STOP = 0.4
 _SHARE_FLUSH = 0.1
 
 
-# -- compiled kernels (numba, built on first use) ----------------------------------------
-def _advance_py(ptr, dst, prob, diag, exitp, pi, scratch, state, m, a, e, k0, k1, stop, flush):
-    """Steps ``k0 .. k1 − 1`` of ``π_k = π_{k−1} P`` (``pi`` holds ``π_{k0−1}``).
-
-    Writes ``m[k] = π_k·𝟙``, ``e[k] = π_k·(s/λ)`` (the mass absorbed in the next step) and
-    ``a[k] = a[k − 1] + e[k − 1]`` (the mass absorbed by step ``k``, Kahan-summed).
-    ``state`` is ``[lo, hi, kahan compensation, flushed mass]``: ``pi`` is zero outside
-    ``lo:hi``. Entries below ``flush`` are set to zero (their sum is added to the flushed
-    mass). Returns the number of terms now available: ``k1``, or ``k + 1`` at the first
-    ``k`` with ``m[k] <= stop`` (the sequence is then exhausted).
-    """
-    lo = int(state[0])
-    hi = int(state[1])
-    comp = state[2]
-    flushed = state[3]
-    for k in range(k0, k1):
-        new_lo = lo
-        new_hi = hi
-        for w in range(lo, hi):
-            scratch[w] = diag[w] * pi[w]
-        for v in range(lo, hi):
-            x = pi[v]
-            if x == 0.0:
-                continue
-            for j in range(ptr[v], ptr[v + 1]):
-                w = dst[j]
-                scratch[w] += x * prob[j]
-                if w < new_lo:
-                    new_lo = w
-                if w >= new_hi:
-                    new_hi = w + 1
-        total = 0.0
-        ex = 0.0
-        first = new_hi
-        last = new_lo
-        for w in range(new_lo, new_hi):
-            y = scratch[w]
-            scratch[w] = 0.0
-            if y < flush:
-                flushed += y
-                y = 0.0
-            else:
-                if w < first:
-                    first = w
-                last = w + 1
-                total += y
-                ex += y * exitp[w]
-            pi[w] = y
-        if first >= last:
-            first = 0
-            last = 0
-        lo = first
-        hi = last
-        m[k] = total
-        e[k] = ex
-        # a[k] = a[k - 1] + e[k - 1], compensated
-        yk = e[k - 1] - comp
-        tk = a[k - 1] + yk
-        comp = (tk - a[k - 1]) - yk
-        a[k] = tk
-        if total <= stop:
-            state[0] = lo
-            state[1] = hi
-            state[2] = comp
-            state[3] = flushed
-            return k + 1
-    state[0] = lo
-    state[1] = hi
-    state[2] = comp
-    state[3] = flushed
-    return k1
-
-
-def _right_points_py(lams, eps):
-    """The last Poisson term :func:`_mix_py` uses for each ``λt >= 0`` (the same walk)."""
-    out = np.empty(lams.shape[0], dtype=np.int64)
-    half = 0.5 * eps
-    for i in range(lams.shape[0]):
-        lam = lams[i]
-        mode = int(lam)  # floor: λt >= 0
-        total = 0.0
-        w = 1.0
-        k = mode
-        while True:
-            total += w
-            if k == 0:
-                break
-            rho = k / lam
-            if k < mode and w * rho / (1.0 - rho) <= half * total:
-                break
-            w *= rho
-            k -= 1
-        w = 1.0
-        k = mode
-        while lam > 0.0:
-            k += 1
-            w *= lam / k
-            total += w
-            rho = lam / (k + 1)
-            if w * rho / (1.0 - rho) <= half * total:
-                break
-        out[i] = k
-    return out
-
-
-def _mix_py(lams, eps, m, a, e, n_avail, exhausted, out):
-    """``out[:, i] = Σ_k Pois(k; λt_i)·(m_k, a_k, e_k)``, truncated with a relative tail
-    bound ``eps`` (``eps/2`` on each side of the mode), weights normalised over the window.
-
-    Terms from ``n_avail`` on are ``(0, 1, 0)`` when ``exhausted`` (else they must not be
-    needed). Returns −1 on success, or the index of a ``λt`` that needs unavailable terms.
-    """
-    half = 0.5 * eps
-    log_half = math.log(half)
-    for i in range(lams.shape[0]):
-        lam = lams[i]
-        # Far past an exhausted sequence: P(N <= n_avail) <= e^{-λ}(eλ/n)^n (Chernoff)
-        # bounds the weight of the terms that are not (0, 1, 0).
-        far = exhausted and lam > n_avail
-        if far and (lam == np.inf or n_avail * (1.0 + math.log(lam / n_avail)) - lam <= log_half):
-            out[0, i] = 0.0
-            out[1, i] = 1.0
-            out[2, i] = 0.0
-            continue
-        mode = int(lam)  # floor: λt >= 0
-        total = 0.0
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        w = 1.0
-        k = mode
-        while True:  # the mode, then leftwards: w_{k-1} = w_k·k/λt
-            total += w
-            if k < n_avail:
-                s0 += w * m[k]
-                s1 += w * a[k]
-                s2 += w * e[k]
-            elif exhausted:
-                s1 += w
-            else:
-                return i
-            if k == 0:
-                break
-            rho = k / lam
-            if k < mode and w * rho / (1.0 - rho) <= half * total:
-                break
-            w *= rho
-            k -= 1
-        w = 1.0
-        k = mode
-        while lam > 0.0:  # rightwards: w_{k+1} = w_k·λt/(k+1)
-            k += 1
-            w *= lam / k
-            total += w
-            if k < n_avail:
-                s0 += w * m[k]
-                s1 += w * a[k]
-                s2 += w * e[k]
-            elif exhausted:
-                s1 += w
-            else:
-                return i
-            rho = lam / (k + 1)
-            if w * rho / (1.0 - rho) <= half * total:
-                break
-        out[0, i] = s0 / total
-        out[1, i] = s1 / total
-        out[2, i] = s2 / total
-    return -1
-
-
-def _tangent_py(
-    ptr, dst, prob, dprob, diag, ddiag, exitp, dexitp, pi, g, scratch, gscratch, acc, state,
-    flushed_g, dm, de, k0, k1, stop_g, flush, flush_g,
-):  # fmt: skip
-    """Steps ``k0 .. k1 − 1`` of ``π_k = π_{k−1} P`` and of its tangents
-    ``G_k[:, p] = G_{k−1}[:, p] P + π_{k−1} P'_p`` (``pi``, ``g`` hold step ``k0 − 1``).
-
-    Arrays over vertices or edges carry the parameter last (``g[v, p]``): ``P'_p`` is
-    ``dprob[:, p]`` on the edges and ``ddiag[:, p]`` on the diagonal. Writes
-    ``dm[k, p] = G_k[:, p]·𝟙`` and ``de[k, p] = G_k[:, p]·exitp + π_k·dexitp[:, p]`` (the
-    derivatives of ``m_k`` and ``e_k``). ``state`` is ``[lo, hi, flushed π mass]``: ``pi``
-    and ``g`` are zero outside ``lo:hi``. Entries of ``π`` below ``flush`` and of ``G``
-    below ``flush_g`` in magnitude are set to zero (``flushed_g[p]`` adds up the
-    magnitudes dropped from ``G[:, p]``). Returns ``k1``, or ``k + 1`` at the first ``k``
-    at which ``π_k`` is zero and every ``|G_k[:, p]|₁ <= stop_g`` (the sequence is then
-    exhausted).
-    """
-    n_par = g.shape[1]
-    lo = int(state[0])
-    hi = int(state[1])
-    flushed = state[2]
-    for k in range(k0, k1):
-        new_lo = lo
-        new_hi = hi
-        for w in range(lo, hi):
-            x = pi[w]
-            dw = diag[w]
-            scratch[w] = dw * x
-            for p in range(n_par):
-                gscratch[w, p] = dw * g[w, p] + ddiag[w, p] * x
-        for v in range(lo, hi):
-            x = pi[v]
-            live = x != 0.0
-            if not live:
-                for p in range(n_par):
-                    if g[v, p] != 0.0:
-                        live = True
-                        break
-            if not live:
-                continue
-            for j in range(ptr[v], ptr[v + 1]):
-                w = dst[j]
-                pj = prob[j]
-                scratch[w] += x * pj
-                for p in range(n_par):
-                    gscratch[w, p] += g[v, p] * pj + x * dprob[j, p]
-                if w < new_lo:
-                    new_lo = w
-                if w >= new_hi:
-                    new_hi = w + 1
-        for p in range(n_par):
-            acc[0, p] = 0.0  # G·𝟙
-            acc[1, p] = 0.0  # G·exitp + π·dexitp
-            acc[2, p] = 0.0  # |G|₁
-        first = new_hi
-        last = new_lo
-        alive_pi = False
-        for w in range(new_lo, new_hi):
-            y = scratch[w]
-            scratch[w] = 0.0
-            if y < flush:
-                flushed += y
-                y = 0.0
-            pi[w] = y
-            alive = y != 0.0
-            if alive:
-                alive_pi = True
-            ew = exitp[w]
-            for p in range(n_par):
-                gy = gscratch[w, p]
-                gscratch[w, p] = 0.0
-                if abs(gy) < flush_g:
-                    flushed_g[p] += abs(gy)
-                    gy = 0.0
-                else:
-                    alive = True
-                g[w, p] = gy
-                acc[0, p] += gy
-                acc[1, p] += gy * ew + y * dexitp[w, p]
-                acc[2, p] += abs(gy)
-            if alive:
-                if w < first:
-                    first = w
-                last = w + 1
-        if first >= last:
-            first = 0
-            last = 0
-        lo = first
-        hi = last
-        done = not alive_pi
-        for p in range(n_par):
-            dm[k, p] = acc[0, p]
-            de[k, p] = acc[1, p]
-            if acc[2, p] > stop_g:
-                done = False
-        if done:
-            state[0] = lo
-            state[1] = hi
-            state[2] = flushed
-            return k + 1
-    state[0] = lo
-    state[1] = hi
-    state[2] = flushed
-    return k1
-
-
-def _grad_right_points_py(lams, bound_a, bound_d, side):
-    """The last Poisson term :func:`_mix_grad_py` uses for each ``λt >= 0`` (the same walk)."""
-    out = np.zeros(lams.shape[0], dtype=np.int64)
-    for i in range(lams.shape[0]):
-        lam = lams[i]
-        if lam == 0.0:
-            continue
-        total = 1.0
-        w = 1.0
-        k = int(lam)
-        while True:
-            k += 1
-            w *= lam / k
-            total += w
-            rho = lam / (k + 1)
-            if 2.0 * w * rho / (1.0 - rho) * (bound_a + bound_d * (k + 1)) <= side * total:
-                break
-        out[i] = k
-    return out
-
-
-def _mix_grad_py(lams, bound_a, bound_d, side, dm, de, n_avail, exhausted, out):
-    """``out[0, :, i] = Σ_k Pois(k; λt_i)·dm_k`` and ``out[1, :, i]`` the same of ``de``.
-
-    The window ``[L, R]`` is chosen for sequences bounded by ``|x_k| <= a + d·k`` (in
-    units of the target error): normalising over the window and leaving out the tails
-    moves the sum by at most ``2·(a + d·(R + 1))·(tail weight)/(window weight)``, and
-    each side is walked until its part is at most ``side`` (so ``2·side`` in all). The
-    right side is walked first (its bound fixes ``R``). Terms from ``n_avail`` on are zero
-    when ``exhausted``. Returns −1, or the index of a ``λt`` that needs unavailable terms.
-    """
-    n_par = dm.shape[1]
-    for i in range(lams.shape[0]):
-        lam = lams[i]
-        for p in range(n_par):
-            out[0, p, i] = 0.0
-            out[1, p, i] = 0.0
-        if lam == 0.0:
-            for p in range(n_par):
-                out[0, p, i] = dm[0, p]
-                out[1, p, i] = de[0, p]
-            continue
-        if exhausted and lam > n_avail:
-            # the weight of the stored terms is P(N < n_avail) <= e^{-λ}(eλ/n)^n (Chernoff)
-            if lam == np.inf:
-                continue
-            nn = float(n_avail)
-            log_chi = nn * (1.0 + math.log(lam / nn)) - lam
-            if log_chi + math.log(bound_a + bound_d * nn) <= math.log(side):
-                continue
-        mode = int(lam)  # floor: λt > 0
-        total = 1.0
-        w = 1.0
-        k = mode
-        if k < n_avail:
-            for p in range(n_par):
-                out[0, p, i] += dm[k, p]
-                out[1, p, i] += de[k, p]
-        elif not exhausted:
-            return i
-        while True:  # rightwards: w_{k+1} = w_k·λt/(k+1)
-            k += 1
-            w *= lam / k
-            total += w
-            if k < n_avail:
-                for p in range(n_par):
-                    out[0, p, i] += w * dm[k, p]
-                    out[1, p, i] += w * de[k, p]
-            elif not exhausted:
-                return i
-            rho = lam / (k + 1)
-            if 2.0 * w * rho / (1.0 - rho) * (bound_a + bound_d * (k + 1)) <= side * total:
-                break
-        edge = 2.0 * (bound_a + bound_d * (k + 1))
-        w = 1.0
-        k = mode
-        while k > 0:  # leftwards: w_{k-1} = w_k·k/λt
-            rho = k / lam
-            if k < mode and w * rho / (1.0 - rho) * edge <= side * total:
-                break
-            w *= rho
-            k -= 1
-            total += w
-            if k < n_avail:
-                for p in range(n_par):
-                    out[0, p, i] += w * dm[k, p]
-                    out[1, p, i] += w * de[k, p]
-            elif not exhausted:
-                return i
-        for p in range(n_par):
-            out[0, p, i] /= total
-            out[1, p, i] /= total
-    return -1
-
-
-_COMPILED: dict[str, tuple] = {}
-
-
-def _compiled(name: str, *fns) -> tuple:
-    """``fns`` compiled with numba on first use (numba is not imported by ``import
-    phasetrace``), kept under ``name``."""
-    if name not in _COMPILED:
-        from numba import njit
-
-        jit = njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
-        _COMPILED[name] = tuple(jit(f) for f in fns)
-    return _COMPILED[name]
-
-
 def _kernels():
-    return _compiled("value", _advance_py, _right_points_py, _mix_py)
+    from . import uniformization as impl
+
+    return impl.advance, impl.right_points, impl.mix
 
 
 def _grad_kernels():
-    return _compiled("gradient", _tangent_py, _grad_right_points_py, _mix_grad_py)
+    from . import uniformization as impl
+
+    return impl.tangent, impl.grad_right_points, impl.mix_grad
 
 
 # -- the chain at one θ ------------------------------------------------------------------
@@ -949,6 +567,8 @@ class _TangentChain:
 
 # -- public functions ----------------------------------------------------------------------
 def _prepare(trace, theta, rewards, tol, max_steps):
+    if theta is None:
+        raise InvalidParameterError("theta is required (a trace has no default parameters)")
     th, single = as_thetas(trace, theta)
     r = None if rewards is None else as_rewards(trace, rewards)
     if not (isinstance(tol, int | float | np.floating) and tol > 0 and math.isfinite(tol)):
@@ -1032,7 +652,7 @@ def _time_model(obj) -> bool:
     return isinstance(obj, TimeModel)
 
 
-def pdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
+def pdf(trace, t, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
     """Density ``f(t) = α exp(S t) s`` of the absorption time (or of ``Y = ∫ r(X_t) dt``).
 
     Parameters
@@ -1083,7 +703,7 @@ def pdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX
     return _distribution(trace, t, theta, rewards, tol, max_steps, 2)
 
 
-def cdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
+def cdf(trace, t, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
     """Distribution function ``F(t) = P(T <= t) = 1 − α exp(S t) 𝟙``.
 
     ``F(0)`` is the atom at 0: the initial mass on absorbing vertices (a defect), plus,
@@ -1108,7 +728,7 @@ def cdf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX
     return _distribution(trace, t, theta, rewards, tol, max_steps, 1)
 
 
-def sf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
+def sf(trace, t, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
     """Survival function ``P(T > t) = α exp(S t) 𝟙 = 1 − F(t)``.
 
     Parameters, return shapes and errors as in :func:`pdf`; the absolute error is at
@@ -1129,7 +749,7 @@ def sf(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_
     return _distribution(trace, t, theta, rewards, tol, max_steps, 0)
 
 
-def quantile(trace, p, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
+def quantile(trace, p, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
     """Quantiles: the smallest ``t >= 0`` with ``F(t) >= p``.
 
     Brackets the root by doubling, then refines it by Newton steps on :func:`cdf`
@@ -1234,7 +854,9 @@ def _quantile_one(chain: _Chain, p: float) -> float:
 
 
 # -- derivatives in θ ----------------------------------------------------------------------
-def sf_and_gradient(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS):
+def sf_and_gradient(
+    trace, t, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+):
     """:func:`sf` and its derivatives ``∂ P(T > t)/∂θ``.
 
     The derivatives are exact up to a truncation error of at most ``tol`` per entry (by
@@ -1283,7 +905,7 @@ def sf_and_gradient(trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps
 
 
 def cdf_and_gradient(
-    trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+    trace, t, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
 ):
     """:func:`cdf` and its derivatives ``∂F(t)/∂θ = −∂ P(T > t)/∂θ``.
 
@@ -1306,7 +928,7 @@ def cdf_and_gradient(
 
 
 def pdf_and_gradient(
-    trace, t, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+    trace, t, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
 ):
     """:func:`pdf` and its derivatives ``∂f(t)/∂θ``.
 
@@ -1331,7 +953,7 @@ def pdf_and_gradient(
 
 
 def quantile_and_gradient(
-    trace, p, theta, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
+    trace, p, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=DEFAULT_MAX_STEPS
 ):
     """:func:`quantile` and its derivatives ``∂q/∂θ``, by the implicit function theorem.
 
@@ -1356,6 +978,10 @@ def quantile_and_gradient(
     >>> bool(abs(dq[0] + math.log(2) / 4) < 1e-9)
     True
     """
+    if _time_model(trace):
+        from .demography import timedist
+
+        return timedist.quantile_and_gradient(trace, p, theta, rewards=rewards)
     q = quantile(trace, p, theta, rewards=rewards, tol=tol, max_steps=max_steps)
     th, _, r = _prepare(trace, theta, rewards, tol, max_steps)
     qq = np.asarray(q, dtype=np.float64).reshape(th.shape[0], -1)

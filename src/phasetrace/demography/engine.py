@@ -5,7 +5,7 @@ Time is a sequence of **pieces** (spans with constant rates: an epoch, or part o
 rates change inside it) and **maps** between them (a row-stochastic matrix that moves the
 probability mass at an instant). For every θ of a batch the engine carries the row
 vectors ``v_j = E[Y_t^j/j!; X_t = ·]`` through the bounded pieces by uniformization
-(:mod:`phasetrace._sweep_impl`) and finishes with the last, unbounded piece on a recorded
+(:mod:`phasetrace.uniformization`) and finishes with the last, unbounded piece on a recorded
 trace: with ``U = (−S)⁻¹`` of the last epoch,
 
     E[Y^m]/m! = s_{m−1}·r + v_m·𝟙,   s_0 = v_0 U,   s_i = (s_{i−1}∘r + v_i) U,
@@ -146,9 +146,15 @@ class EpochEngine:
     supports : ndarray of bool (E, n_vertices), optional
         Vertices that can hold mass in each epoch (default: computed from the start,
         the active edges and the maps).
+    absorbing : ndarray of bool (n_vertices,), optional
+        Where the chain has ended (no time counts there). Default: the vertices without
+        out-edges; give it when a state that has not ended is left only through maps
+        (two lineages in separate demes that only a later split brings together).
     """
 
-    def __init__(self, graph: Graph, n_epochs: int, maps=None, *, active=None, supports=None):
+    def __init__(
+        self, graph: Graph, n_epochs: int, maps=None, *, active=None, supports=None, absorbing=None
+    ):
         graph.validate()
         arr = graph.arrays()
         self.graph = graph
@@ -176,7 +182,9 @@ class EpochEngine:
             self._supports(lives) if supports is None else np.asarray(supports, dtype=bool)
         )
         self.epochs = [self._epoch_edges(lives[e], self.supports[e]) for e in range(E)]
-        self.absorbing = (np.diff(arr.ptr) == 0) & (np.arange(V) > 0)
+        if absorbing is None:
+            absorbing = np.diff(arr.ptr) == 0
+        self.absorbing = np.asarray(absorbing, dtype=bool) & (np.arange(V) > 0)
         self._last = None
 
     # -- structure -------------------------------------------------------------------
@@ -277,16 +285,54 @@ class EpochEngine:
         Returns ``(moments (B, R, k), derivatives (B, R, k, D))`` (the second ``None``
         when ``n_directions == 0``).
         """
-        from .. import _sweep_impl as sw
+        rewards = self._rewards(rewards)
+        D, K = int(n_directions), int(k)
+        W, dW, integ, dinteg, last = self._sweep_all(steps, rewards, K, D, tol, max_steps)
+        return self._finish(last, rewards, K, W, dW, integ, dinteg, D)
 
+    def occupation(
+        self,
+        steps,
+        *,
+        n_directions: int = 0,
+        tol: float = DEFAULT_TOL,
+        max_steps: int = DEFAULT_MAX_STEPS,
+    ):
+        """The expected total time spent in each vertex: ``(B, V)``, and its derivatives
+        ``(B, V, D)`` (``None`` without directions). ``E[Y] = occupation·r`` for any
+        rewards ``r``: one pass serves every reward vector, however many."""
+        V = self.n_vertices
+        D = int(n_directions)
+        W, dW, integ, dinteg, last = self._sweep_all(steps, np.zeros((0, V)), 1, D, tol, max_steps)
+        trace, pos, _, to_trace, solve = self._last_epoch(last, W)
+        s0 = solve(to_trace(W[:, :1]))[:, 0]  # v_0 U on the trace's vertices
+        keep = (pos >= 0) & ~self.absorbing
+        keep[0] = False
+        occ = integ[:, 0].copy()
+        occ[:, keep] += s0[:, pos[keep]]
+        if not D:
+            return occ, None
+        dphi = self._last_dphi(last, W.shape[0], D)
+        seeds = to_trace(dW[:, :, 0]) + _trace_dS(trace, dphi)(s0[:, None, :])[:, :, 0]
+        ds0 = solve(seeds)  # (B, D, Vt)
+        docc = np.swapaxes(dinteg[:, :, 0], 1, 2).copy()
+        docc[:, keep, :] += np.swapaxes(ds0[:, :, pos[keep]], 1, 2)
+        return occ, docc
+
+    def _rewards(self, rewards) -> np.ndarray:
         rewards = np.ascontiguousarray(rewards, dtype=np.float64)
-        R, V = rewards.shape
+        V = rewards.shape[1]
         if self.n_vertices != V:
             raise InvalidParameterError(f"rewards have {V} columns, the graph {self.n_vertices}")
-        rewards = np.where(self.absorbing[None, :] | (np.arange(V) == 0)[None, :], 0.0, rewards)
+        return np.where(self.absorbing[None, :] | (np.arange(V) == 0)[None, :], 0.0, rewards)
+
+    def _sweep_all(self, steps, rewards, K: int, D: int, tol: float, max_steps: int):
+        """Carry the state through every bounded piece and map of ``steps``; returns the
+        vectors at the start of the last piece, their integrals, and that piece."""
+        from .. import uniformization as sw
+
+        R, V = rewards.shape
         B = steps[0].phi.shape[0]
-        D = int(n_directions)
-        K = int(k)
         nvec = 1 + (K - 1) * R
         nint = 1 if K == 1 else R
         W = np.zeros((B, nvec, V))
@@ -319,7 +365,7 @@ class EpochEngine:
         last = steps[-1]
         if not isinstance(last, Piece) or last.tau is not None or last.epoch != self.n_epochs - 1:
             raise InvalidParameterError("the schedule must end with the last epoch, unbounded")
-        return self._finish(last, rewards, K, W, dW, integ, dinteg, D)
+        return W, dW, integ, dinteg, last
 
     def _rates(self, step: Piece, ep: _EpochEdges, D: int):
         phi = np.asarray(step.phi, dtype=np.float64)
@@ -352,7 +398,7 @@ class EpochEngine:
         return f"{states[self._src[e]].tolist()} -> {states[self._arr_dst[e]].tolist()}"
 
     def _apply_map(self, step: MapStep, W, dW, D: int):
-        from .. import _sweep_impl as sw
+        from .. import uniformization as sw
 
         m = self.maps[step.boundary]
         if m is None:
@@ -373,12 +419,12 @@ class EpochEngine:
         sw.apply_map_batch(m.src, m.dst, val, np.ascontiguousarray(dval), W, dW, out, dout)
         return out, dout
 
-    def _finish(self, last: Piece, rewards, K, W, dW, integ, dinteg, D):
+    def _last_epoch(self, last: Piece, W):
+        """The last epoch's trace and what moving vectors onto it and solving needs."""
         from .. import kernel
 
         trace, pos = self.last_trace()
         B = W.shape[0]
-        R = rewards.shape[0]
         kind = trace.arrays["vertex_kind"]
         Vt = trace.n_vertices
         inside = pos >= 0
@@ -392,19 +438,30 @@ class EpochEngine:
             )
         phi = np.asarray(last.phi, dtype=np.float64)
 
-        def to_trace(x):  # (B, n, V) on graph vertices → (B, n, Vt), transient only
+        def to_trace(x):  # (..., V) on graph vertices → (..., Vt), transient only
             out = np.zeros((*x.shape[:-1], Vt))
             out[..., pos[inside]] = x[..., inside]
             out[..., ~transient_t] = 0.0
             return out
-
-        rew_t = to_trace(rewards[None])[0]  # (R, Vt)
 
         def solve(seeds):  # (B, n, Vt) → seeds·U
             out, bad = kernel.transposed_solve(trace, phi, seeds)
             if (bad >= 0).any():
                 self._bad_last(trace, phi, bad)
             return out
+
+        return trace, pos, phi, to_trace, solve
+
+    def _last_dphi(self, last: Piece, B: int, D: int) -> np.ndarray:
+        if last.dphi is None:
+            return np.zeros((B, self.n_params, D))
+        return np.asarray(last.dphi, dtype=np.float64)
+
+    def _finish(self, last: Piece, rewards, K, W, dW, integ, dinteg, D):
+        trace, pos, phi, to_trace, solve = self._last_epoch(last, W)
+        B = W.shape[0]
+        R = rewards.shape[0]
+        rew_t = to_trace(rewards[None])[0]  # (R, Vt)
 
         sums = W.sum(axis=2)  # v_m·𝟙 of every carried vector
         moments = np.empty((B, R, K))
@@ -431,11 +488,7 @@ class EpochEngine:
     ):
         B, D = dW.shape[:2]
         R = rewards.shape[0]
-        dphi = (
-            np.zeros((B, self.n_params, D))
-            if last.dphi is None
-            else np.asarray(last.dphi, dtype=np.float64)
-        )
+        dphi = self._last_dphi(last, B, D)
         s_dS = _trace_dS(trace, dphi)  # callable: s (B, n, Vt) → (B, D, n, Vt)
         dsums = dW.sum(axis=3)  # (B, D, nvec)
         jac = np.empty((B, R, K, D))
@@ -477,7 +530,7 @@ class EpochEngine:
         so small values keep their relative accuracy. A time on a boundary belongs to the
         later epoch.
         """
-        from .. import _sweep_impl as sw
+        from .. import uniformization as sw
 
         D = int(n_directions)
         V = self.n_vertices
@@ -561,7 +614,7 @@ class EpochEngine:
         return exit_rate, dexit
 
     def _generator_times(self, ep: _EpochEdges, rate, q, W):
-        from .. import _sweep_impl as sw
+        from .. import uniformization as sw
 
         out = np.zeros_like(W[0])
         no_rewards = np.zeros((0, W.shape[2]))

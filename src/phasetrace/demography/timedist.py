@@ -135,6 +135,23 @@ def quantile(model, p, theta=None, *, rewards=None):
     return out[0][()] if single else out
 
 
+def quantile_and_gradient(model, p, theta=None, *, rewards=None):
+    """:func:`quantile` and ``∂q/∂θ = −(∂F/∂θ)(q)/f(q)`` (implicit function theorem);
+    0 where ``q`` is 0 or infinite."""
+    q = quantile(model, p, theta, rewards=rewards)
+    th, _ = model._thetas(theta)
+    qq = np.asarray(q, dtype=np.float64).reshape(th.shape[0], -1)
+    grad = np.zeros((*qq.shape, model.n_params))
+    for b in range(th.shape[0]):
+        inner = np.flatnonzero((qq[b] > 0) & np.isfinite(qq[b]))
+        grad[b, np.isnan(qq[b])] = np.nan
+        if inner.size:
+            vals, ders = _one(model, th[b], qq[b, inner], True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                grad[b, inner] = -ders[1] / vals[2][:, None]
+    return q, grad.reshape((*np.shape(q), model.n_params))
+
+
 def _quantile_one(model, theta_row, p: float, mean: float) -> float:
     if math.isnan(p):
         return math.nan

@@ -112,6 +112,7 @@ __all__ = [
     "distribution_fn",
     "errors_raised",
     "get_trace",
+    "model_function",
     "moments_fn",
     "raise_pending",
     "record_traces_callback",
@@ -202,6 +203,8 @@ def moments_fn(
     (2, 1)
     """
     k = as_k(k)
+    if _is_time_model(trace):
+        return _model_moments_fn(trace, k, rewards, batched, method)
     if chunk is not None and (not isinstance(chunk, int | np.integer) or chunk < 1):
         raise InvalidParameterError(f"chunk must be a positive int, got {chunk!r}")
     if gradient not in ("auto", "forward", "reverse"):
@@ -227,8 +230,81 @@ def moments_fn(
         ev = _Evaluator(trace, k, rew[0], None if chunk is None else int(chunk), gradient)
         single, many = jax.jit(ev.single), jax.jit(ev.batched)
         lowered = lambda: ev.low  # noqa: E731
-    n_params = trace.n_params
+    f = _wrap(
+        single,
+        many,
+        trace.n_params,
+        batched,
+        lambda theta: _check_concrete(trace, theta),
+        lambda theta, out: _check_finite(trace, theta, out, method),
+    )
+    f.__doc__ = f"E[Y^j], j = 1..{k}, of a {trace!r} ({'batched' if batched else 'one θ'})."
+    f.k = k
+    f.method = method
+    f.lowered = lowered
+    return f
 
+
+def _is_time_model(obj) -> bool:
+    from ..demography.epochs import TimeModel
+
+    return isinstance(obj, TimeModel)
+
+
+def _model_moments_fn(model, k: int, rewards, batched: bool, method: str) -> Callable:
+    """:func:`moments_fn` of a time-inhomogeneous model: a host callback (CPU)."""
+    if method not in ("auto", "kernel"):
+        raise InvalidParameterError(
+            f"method={method!r}: a time-inhomogeneous model is evaluated on the host "
+            "(method='kernel'); it has no native lowering"
+        )
+    rew, multi = as_reward_matrix(model, rewards)
+
+    def evaluate(th, gradient):
+        mom, jac = model._evaluate(th, rew, k, gradient)
+        if not multi:
+            mom, jac = mom[:, 0], (None if jac is None else jac[:, 0])
+        return (mom, jac) if gradient else mom
+
+    tail = (rew.shape[0], k) if multi else (k,)
+    f = model_function(model, evaluate, tail, batched=batched)
+    f.k = k
+    f.__doc__ = (
+        f"E[Y^j], j = 1..{k}, of a time-inhomogeneous model ({'batched' if batched else 'one θ'})."
+    )
+    return f
+
+
+def model_function(model, evaluate, tail: tuple[int, ...], *, batched: bool = False) -> Callable:
+    """A JAX function of θ from a host computation on a time-inhomogeneous model.
+
+    ``evaluate(thetas (N, P), gradient)`` returns values ``(N, *tail)`` (with
+    ``gradient``: and the Jacobian ``(N, *tail, P)``). The result works under
+    ``jax.jit``, ``jax.vmap`` (one host call per batch) and ``jax.grad`` (the Jacobian
+    in the backward rule); eager calls with a concrete θ raise as the model does.
+    """
+    from ._kernel import ModelFunction
+
+    host = ModelFunction(evaluate, model.n_params, tail)
+    fn = jax.jit(host.fn)
+
+    def check(theta):
+        model.check(np.asarray(theta, dtype=np.float64).reshape(-1, model.n_params))
+
+    def finite(theta, out):
+        if not np.isfinite(np.asarray(out)).all():  # raise the model's own message
+            evaluate(np.asarray(theta, dtype=np.float64).reshape(-1, model.n_params), False)
+            raise InvalidParameterError("results are not finite at this θ")
+
+    f = _wrap(fn, fn, model.n_params, batched, check, finite)
+    f.method = "kernel"
+    f.lowered = None
+    return f
+
+
+def _wrap(single, many, n_params: int, batched: bool, check_concrete, check_finite) -> Callable:
+    """The user-facing function around jitted ``single``/``many``: shape checks, the
+    float32 warning, and errors instead of NaN for concrete θ."""
     warned = False
 
     def call(fn, theta):
@@ -238,11 +314,11 @@ def moments_fn(
             warnings.warn(_PRECISION_MESSAGE, PrecisionWarning, stacklevel=3)
         concrete = not isinstance(theta, jax.core.Tracer)
         if concrete:
-            _check_concrete(trace, theta)
+            check_concrete(theta)
         with jax.enable_x64(True):
             out = fn(jnp.asarray(theta, dtype=jnp.float64))
         if concrete:
-            _check_finite(trace, theta, out, method)
+            check_finite(theta, out)
         return out
 
     if batched:
@@ -266,12 +342,8 @@ def moments_fn(
                 )
             return call(single, theta)
 
-    f.__doc__ = f"E[Y^j], j = 1..{k}, of a {trace!r} ({'batched' if batched else 'one θ'})."
-    f.k = k
     f.n_params = n_params
     f.batched = batched
-    f.method = method
-    f.lowered = lowered
     return f
 
 

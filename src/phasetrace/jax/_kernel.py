@@ -51,45 +51,31 @@ def _x64(fn):
     return wrapper
 
 
-class KernelFunction:
-    """``θ (..., P) → moments (..., *tail)`` through the kernel, differentiable in JAX.
+class HostFunction:
+    """``θ (..., P) → values (..., *tail)`` computed on the host, differentiable in JAX.
 
-    ``rewards`` is the reward matrix (R, V), zero off transient vertices; ``tail`` is
-    ``(k,)`` for one reward vector and ``(R, k)`` for several.
+    Subclasses define :meth:`values` and :meth:`values_and_jacobian` on numpy arrays of θ
+    with any leading shape (NaN where a θ cannot be evaluated).
     """
 
-    def __init__(self, trace, k: int, rewards: np.ndarray, multi: bool):
-        self.trace = trace
-        self.k = k
-        self.rewards = np.ascontiguousarray(rewards, dtype=np.float64)
-        self.multi = multi
-        self.n_params = trace.n_params
-        self.tail = (rewards.shape[0], k) if multi else (k,)
+    n_params: int
+    tail: tuple[int, ...]
+
+    def __init__(self, n_params: int, tail: tuple[int, ...]):
+        self.n_params = n_params
+        self.tail = tail
         self.fn = self._build()
 
-    # -- host side (numpy) ------------------------------------------------------------------
     def _flat(self, thetas) -> tuple[np.ndarray, tuple[int, ...]]:
         th = np.asarray(thetas, dtype=np.float64)
         lead = th.shape[:-1]
         return np.ascontiguousarray(th.reshape(int(np.prod(lead)), self.n_params)), lead
 
-    def values(self, thetas, check: bool = False) -> np.ndarray:
-        """Moments for θ of any leading shape; NaN where a rate is bad (unless ``check``)."""
-        th, lead = self._flat(thetas)
-        if th.shape[0] == 0:
-            return np.zeros((*lead, *self.tail))
-        out = kernel.moments(self.trace, th, self.rewards, self.k, check=check)
-        out = out if self.multi else out[:, 0]
-        return out.reshape(*lead, *self.tail)
+    def values(self, thetas) -> np.ndarray:
+        raise NotImplementedError
 
     def values_and_jacobian(self, thetas) -> tuple[np.ndarray, np.ndarray]:
-        th, lead = self._flat(thetas)
-        if th.shape[0] == 0:
-            return np.zeros((*lead, *self.tail)), np.zeros((*lead, *self.tail, self.n_params))
-        out, jac = kernel.moments_and_jacobian(self.trace, th, self.rewards, self.k, check=False)
-        if not self.multi:
-            out, jac = out[:, 0], jac[:, 0]
-        return out.reshape(*lead, *self.tail), jac.reshape(*lead, *self.tail, self.n_params)
+        raise NotImplementedError
 
     # -- JAX side -----------------------------------------------------------------------------
     def _values_bits(self, thetas):
@@ -128,3 +114,81 @@ class KernelFunction:
 
         fn.defvjp(fwd, bwd)
         return fn
+
+
+class KernelFunction(HostFunction):
+    """Moments of a trace through the kernel (:class:`HostFunction`).
+
+    ``rewards`` is the reward matrix (R, V), zero off transient vertices; ``tail`` is
+    ``(k,)`` for one reward vector and ``(R, k)`` for several.
+    """
+
+    def __init__(self, trace, k: int, rewards: np.ndarray, multi: bool):
+        self.trace = trace
+        self.k = k
+        self.rewards = np.ascontiguousarray(rewards, dtype=np.float64)
+        self.multi = multi
+        super().__init__(trace.n_params, (rewards.shape[0], k) if multi else (k,))
+
+    def values(self, thetas, check: bool = False) -> np.ndarray:
+        """Moments for θ of any leading shape; NaN where a rate is bad (unless ``check``)."""
+        th, lead = self._flat(thetas)
+        if th.shape[0] == 0:
+            return np.zeros((*lead, *self.tail))
+        out = kernel.moments(self.trace, th, self.rewards, self.k, check=check)
+        out = out if self.multi else out[:, 0]
+        return out.reshape(*lead, *self.tail)
+
+    def values_and_jacobian(self, thetas) -> tuple[np.ndarray, np.ndarray]:
+        th, lead = self._flat(thetas)
+        if th.shape[0] == 0:
+            return np.zeros((*lead, *self.tail)), np.zeros((*lead, *self.tail, self.n_params))
+        out, jac = kernel.moments_and_jacobian(self.trace, th, self.rewards, self.k, check=False)
+        if not self.multi:
+            out, jac = out[:, 0], jac[:, 0]
+        return out.reshape(*lead, *self.tail), jac.reshape(*lead, *self.tail, self.n_params)
+
+
+class ModelFunction(HostFunction):
+    """A function of θ of a time-inhomogeneous model (:class:`HostFunction`).
+
+    ``evaluate(th, gradient)`` maps θ (N, P) to values (N, *tail) (with ``gradient``:
+    ``(values, jacobian (N, *tail, P))``), raising
+    :class:`~phasetrace.errors.InvalidParameterError` where it cannot; a batch that
+    raises is evaluated θ by θ, the failing ones giving NaN (as under ``jax.jit``).
+    """
+
+    def __init__(self, evaluate, n_params: int, tail: tuple[int, ...]):
+        self.evaluate = evaluate
+        super().__init__(n_params, tail)
+
+    def _run(self, thetas, gradient: bool):
+        from ..errors import InvalidParameterError
+
+        th, lead = self._flat(thetas)
+        out = np.full((th.shape[0], *self.tail), np.nan)
+        jac = np.full((th.shape[0], *self.tail, self.n_params), np.nan)
+        if th.shape[0]:
+            try:
+                res = self.evaluate(th, gradient)
+                rows = [(slice(None), res)]
+            except InvalidParameterError:
+                rows = []
+                for b in range(th.shape[0]):
+                    try:
+                        rows.append((slice(b, b + 1), self.evaluate(th[b : b + 1], gradient)))
+                    except InvalidParameterError:
+                        continue
+            for where, res in rows:
+                if gradient:
+                    out[where], jac[where] = res
+                else:
+                    out[where] = res
+        out = out.reshape(*lead, *self.tail)
+        return (out, jac.reshape(*lead, *self.tail, self.n_params)) if gradient else out
+
+    def values(self, thetas) -> np.ndarray:
+        return self._run(thetas, False)
+
+    def values_and_jacobian(self, thetas) -> tuple[np.ndarray, np.ndarray]:
+        return self._run(thetas, True)
