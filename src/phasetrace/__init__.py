@@ -39,7 +39,7 @@ from .graph import Edge, Graph, Vertex
 from .pipeline import RunStats, compute_trace, compute_traces, last_run_stats
 from .record import record_trace
 from .settings import Settings, config, configure, get_settings, shutdown_executors
-from .spectrum import sfs
+from .spectrum import jsfs, jsfs_function, sfs, sfs_function
 from .trace import Trace
 
 __version__ = "0.1.0"
@@ -77,6 +77,8 @@ __all__ = [
     "distribution",
     "get_executor",
     "get_settings",
+    "jsfs",
+    "jsfs_function",
     "last_run_stats",
     "models",
     "pdf",
@@ -88,5 +90,6 @@ __all__ = [
     "sf",
     "sf_and_gradient",
     "sfs",
+    "sfs_function",
     "shutdown_executors",
 ]

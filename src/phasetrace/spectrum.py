@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import InvalidParameterError
 
-__all__ = ["sfs", "sfs_function", "sfs_layout", "sfs_rewards"]
+__all__ = ["jsfs", "jsfs_function", "sfs", "sfs_function", "sfs_layout", "sfs_rewards"]
 
 
 def sfs_layout(trace, n_demes: int | None = None) -> tuple[int, int]:
@@ -113,15 +113,17 @@ def sfs_rewards(trace, *, n_demes: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(per_size[:, : n - 1].T)
 
 
-def sfs(trace, theta, *, normalised: bool = False, n_demes: int | None = None) -> np.ndarray:
-    """Expected site-frequency spectrum (branch lengths) of a block-counting trace at θ.
+def sfs(trace, theta=None, *, normalised: bool = False, n_demes: int | None = None) -> np.ndarray:
+    """Expected site-frequency spectrum (branch lengths) of a block-counting trace at θ,
+    or of a demographic model (:func:`phasetrace.models.from_demes`: pooled over all its
+    samples, in generations; see :meth:`~phasetrace.demography.DemographicModel.sfs`).
 
     Parameters
     ----------
-    trace : Trace
-        Recorded from a block-counting graph (see the module docstring).
+    trace : Trace or DemographicModel
+        Recorded from a block-counting graph (see the module docstring), or a model.
     theta : array_like, shape (n_params,) or (B, n_params)
-        One parameter vector, or a batch.
+        One parameter vector, or a batch (a model's default: the values it was read with).
     normalised : bool
         ``True``: divide by the sum over the spectrum (the expected total branch length),
         so each θ's spectrum sums to 1.
@@ -156,11 +158,121 @@ def sfs(trace, theta, *, normalised: bool = False, n_demes: int | None = None) -
     >>> sfs(pt.record_trace(g), [1.0, 0.5]).round(6).tolist()   # θ = (c, m)
     [5.25, 2.75]
     """
-    rewards = sfs_rewards(trace, n_demes=n_demes)
-    out = trace.moments(theta, k=1, rewards=rewards)[..., 0]
+    if _is_demographic(trace):
+        out = trace.sfs(theta)
+    else:
+        if theta is None:
+            raise InvalidParameterError("theta is required (a trace has no default parameters)")
+        rewards = sfs_rewards(trace, n_demes=n_demes)
+        out = trace.moments(theta, k=1, rewards=rewards)[..., 0]
     if normalised:
         out = out / out.sum(axis=-1, keepdims=True)
     return out
+
+
+def jsfs(model, theta=None, *, normalised: bool = False) -> np.ndarray:
+    """Expected joint site-frequency spectrum of a demographic model (branch lengths).
+
+    Shape ``(n_1 + 1, …, n_S + 1)`` over the sampled demes in the order of the model's
+    ``samples`` (a leading axis for a batch of θ): entry ``(a_1, …, a_S)`` is the expected
+    total length of branches subtending exactly ``a_j`` samples of deme ``j``, the layout
+    of tskit's ``allele_frequency_spectrum(sample_sets, mode="branch", polarised=True)``;
+    the all-zero and the full entries are 0.
+
+    Parameters
+    ----------
+    model : DemographicModel
+        From :func:`phasetrace.models.from_demes`.
+    theta : array_like, optional
+        Parameters (default: the values read from the graph).
+    normalised : bool
+        Divide by the sum over the spectrum.
+
+    Examples
+    --------
+    >>> import demes, phasetrace as pt
+    >>> g = demes.loads('''
+    ... time_units: generations
+    ... demes:
+    ... - {name: X, epochs: [{start_size: 100, end_time: 50}]}
+    ... - {name: A, ancestors: [X], epochs: [{start_size: 100}]}
+    ... - {name: B, ancestors: [X], epochs: [{start_size: 100}]}
+    ... ''')
+    >>> model = pt.models.from_demes(g, samples={"A": 1, "B": 1})
+    >>> pt.jsfs(model).round(9).tolist()   # each lineage: 50 + 2·100 generations (T_MRCA)
+    [[0.0, 250.0], [250.0, 0.0]]
+    """
+    if not _is_demographic(model):
+        raise TypeError(
+            "jsfs needs a demographic model (phasetrace.models.from_demes); for a trace, "
+            "pass rewards to Trace.moments"
+        )
+    out = model.jsfs(theta)
+    if normalised:
+        axes = tuple(range(out.ndim - len(model.plan.structure.sampled), out.ndim))
+        out = out / out.sum(axis=axes, keepdims=True)
+    return out
+
+
+def jsfs_function(model, *, normalised: bool = False, batched: bool = False) -> Callable:
+    """:func:`jsfs` as a JAX function of θ (``jax.jit``, ``jax.vmap``, ``jax.grad``).
+
+    A host callback (CPU) into the model; ``jax.grad`` uses its forward tangents. Results
+    are float64 arrays of shape ``(n_1 + 1, …)`` (a leading ``(B,)`` with ``batched``).
+
+    Examples
+    --------
+    (Needs JAX, so not run as a doctest; ``tests/test_demography_jax.py`` runs it.) ::
+
+        import jax, phasetrace as pt
+        jax.config.update("jax_enable_x64", True)
+        model = pt.models.from_demes("im.yaml", samples={"A": 4, "B": 4})
+        f = pt.jsfs_function(model)
+        jax.grad(lambda t: f(t)[0, 1])(model.theta)    # d E[ξ_{0,1}] / dθ
+    """
+    if not _is_demographic(model):
+        raise TypeError("jsfs_function needs a demographic model (phasetrace.models.from_demes)")
+    return _model_spectrum_function(model, "jsfs", normalised, batched)
+
+
+def _model_spectrum_function(model, which: str, normalised: bool, batched: bool) -> Callable:
+    import jax
+    import jax.numpy as jnp
+
+    from .jax import model_function
+
+    method = model.sfs if which == "sfs" else model.jsfs
+    if which == "sfs":
+        tail = (int(sum(model.plan.samples)) - 1,)
+    else:
+        tail = tuple(model.plan.samples[k] + 1 for k in model.plan.structure.sampled)
+
+    def evaluate(th, gradient):
+        return method(th, gradient=gradient)
+
+    g = model_function(model, evaluate, tail, batched=batched)
+
+    def f(theta):
+        out = g(theta)
+        if normalised:
+            with jax.enable_x64(True):
+                axes = tuple(range(out.ndim - len(tail), out.ndim))
+                out = out / jnp.sum(out, axis=axes, keepdims=True)
+        return out
+
+    how = "batched" if batched else "one θ"
+    f.__doc__ = f"Expected {which.upper()} of a demographic model ({how})."
+    f.n_params = model.n_params
+    f.batched = batched
+    f.method = "kernel"
+    f.normalised = normalised
+    return f
+
+
+def _is_demographic(obj) -> bool:
+    from .demography.model import DemographicModel
+
+    return isinstance(obj, DemographicModel)
 
 
 def sfs_function(
@@ -210,6 +322,8 @@ def sfs_function(
         jax.jit(f)(np.array([2.0]))                   # [1.0, 0.5, 0.333…]: 2/(i·c)
         jax.grad(lambda t: f(t)[0])(np.array([2.0]))  # [-0.5]: d(2/c)/dc
     """
+    if _is_demographic(trace):
+        return _model_spectrum_function(trace, "sfs", normalised, batched)
     import jax
     import jax.numpy as jnp
 
