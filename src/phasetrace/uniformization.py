@@ -321,6 +321,7 @@ def sweep_one(
                         break
             occ[u] = o
         n_act = _closure(ptr, dst, occ, mark, act)
+        act[:n_act] = np.sort(act[:n_act])  # memory order: rows and edges stream
         lam = 0.0
         for i in range(n_act):
             u = act[i]
