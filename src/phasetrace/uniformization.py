@@ -213,6 +213,65 @@ def _span_simple(ptr, dst, keep, f, act, n_act, p, t, lam_inv, w, integ, cur, nx
 
 
 @njit(**_JIT)
+def _span_tangent1(ptr, dst, keep, f, dkeep, df, act, n_act, p, t, lam_inv, w, integ, dw, dinteg):
+    """One sub-span of level 0 with tangents in ``L`` directions at once.
+
+    ``dw`` (V, L) and ``dinteg`` (V, L) are the tangents of ``w`` and of the integral,
+    direction last, so one pass over the edges serves every direction (each edge's
+    target row is one cache line); ``dkeep`` (V, L) and ``df`` (E, L) likewise.
+    """
+    V = w.shape[0]
+    L = dw.shape[1]
+    cur = np.empty(V)
+    nxt = np.empty(V)
+    dcur = np.empty((V, L))
+    dnxt = np.empty((V, L))
+    p0 = p[0]
+    t0 = t[0] * lam_inv
+    for i in range(n_act):
+        u = act[i]
+        x = w[u]
+        cur[u] = x
+        w[u] = p0 * x
+        integ[u] += t0 * x
+        for d in range(L):
+            y = dw[u, d]
+            dcur[u, d] = y
+            dw[u, d] = p0 * y
+            dinteg[u, d] += t0 * y
+    for n in range(1, p.shape[0]):
+        for i in range(n_act):
+            u = act[i]
+            k = keep[u]
+            x = cur[u]
+            nxt[u] = x * k
+            for d in range(L):
+                dnxt[u, d] = dcur[u, d] * k + x * dkeep[u, d]
+        for i in range(n_act):
+            u = act[i]
+            x = cur[u]
+            for e in range(ptr[u], ptr[u + 1]):
+                v = dst[e]
+                fe = f[e]
+                nxt[v] += x * fe
+                for d in range(L):
+                    dnxt[v, d] += dcur[u, d] * fe + x * df[e, d]
+        pn = p[n]
+        tn = t[n] * lam_inv
+        for i in range(n_act):
+            u = act[i]
+            x = nxt[u]
+            w[u] += pn * x
+            integ[u] += tn * x
+            for d in range(L):
+                y = dnxt[u, d]
+                dw[u, d] += pn * y
+                dinteg[u, d] += tn * y
+        cur, nxt = nxt, cur
+        dcur, dnxt = dnxt, dcur
+
+
+@njit(**_JIT)
 def apply_generator(ptr, dst, rate, q, rew, R, K, x, out):
     """``out = x·G`` (all vectors): the derivative of the state in the span's length."""
     nvec = x.shape[0]
@@ -296,6 +355,22 @@ def sweep_one(
     for d in range(D):
         any_live = any_live or live[d]
     simple = nvec == 1 and nint == 1 and not any_live
+    fused = nvec == 1 and nint == 1 and any_live
+    n_live = 0
+    for d in range(D):
+        if live[d]:
+            n_live += 1
+    live_ids = np.empty(n_live, dtype=np.int64)
+    j = 0
+    for d in range(D):
+        if live[d]:
+            live_ids[j] = d
+            j += 1
+    nf = n_live if fused else 0
+    dkeep_l = np.empty((V, nf))
+    df_l = np.empty((E, nf))
+    dw_l = np.empty((V, nf))
+    dinteg_l = np.empty((V, nf))
     steps = 0
     remaining = tau
     elapsed = 0.0
@@ -353,9 +428,31 @@ def sweep_one(
                     dkeep[d, u] = -dq[d, u] * lam_inv
                     for e in range(ptr[u], ptr[u + 1]):
                         df[d, e] = drate[d, e] * lam_inv
+            if fused:
+                for j in range(n_live):
+                    d = live_ids[j]
+                    dkeep_l[u, j] = dkeep[d, u]
+                    for e in range(ptr[u], ptr[u + 1]):
+                        df_l[e, j] = df[d, e]
         steps += n_last
         remaining -= h
         elapsed += h
+        if fused:  # tangents direction-last while the sub-span runs
+            for j in range(n_live):
+                d = live_ids[j]
+                for u in range(V):
+                    dw_l[u, j] = dW[d, 0, u]
+                    dinteg_l[u, j] = dinteg[d, 0, u]
+            _span_tangent1(
+                ptr, dst, keep, f, dkeep_l, df_l, act, n_act, p, t, lam_inv, W[0], integ[0],
+                dw_l, dinteg_l,
+            )  # fmt: skip
+            for j in range(n_live):
+                d = live_ids[j]
+                for u in range(V):
+                    dW[d, 0, u] = dw_l[u, j]
+                    dinteg[d, 0, u] = dinteg_l[u, j]
+            continue
         if simple:
             _span_simple(
                 ptr, dst, keep, f, act, n_act, p, t, lam_inv, W[0], integ[0], cur[0], nxt[0]

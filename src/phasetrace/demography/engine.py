@@ -35,9 +35,10 @@ from ..ops import VERTEX_TRANSIENT
 
 #: Default bound on the relative truncation error of uniformization.
 DEFAULT_TOL = 1e-10
-#: Entries below this fraction of their vector's largest entry are dropped between
-#: sub-spans (so that the uniformization rate can follow the mass downstream).
-FLUSH = 1e-30
+#: Between sub-spans, entries below ``FLUSH·tol/n_vertices`` times their vector's largest
+#: entry are dropped (at most ``FLUSH·tol`` of its size in all), so that the
+#: uniformization rate can follow the mass downstream.
+FLUSH = 1e-3
 #: Steps of the first sub-span of a stiff piece; each next one covers as much time as
 #: all before it, so the rate can follow the mass to slower states.
 FIRST_STEPS = 64.0
@@ -353,7 +354,7 @@ class EpochEngine:
             dtau = np.zeros((B, D)) if step.dtau is None else np.asarray(step.dtau, np.float64)
             done = sw.sweep_batch(
                 ep.ptr, ep.dst, rate, q, drate, dq, dlive, rewards, K, tau, dtau, W, dW, integ,
-                dinteg, eps, FLUSH, FIRST_STEPS, ONE_GO_STEPS, max_steps,
+                dinteg, eps, FLUSH * tol / V, FIRST_STEPS, ONE_GO_STEPS, max_steps,
             )  # fmt: skip
             if (done < 0).any():
                 b = int(np.flatnonzero(done < 0)[0])
@@ -564,7 +565,8 @@ class EpochEngine:
                 if target > now and np.isfinite(target):
                     done = sw.sweep_batch(
                         ep.ptr, ep.dst, rate, q, drate, dq, dlive, no_rewards, 1,
-                        np.array([target - now]), dtau0, W, dW, integ, dinteg, eps, FLUSH,
+                        np.array([target - now]), dtau0, W, dW, integ, dinteg, eps,
+                        FLUSH * tol / V,
                         FIRST_STEPS, ONE_GO_STEPS, max_steps,
                     )  # fmt: skip
                     if done[0] < 0:
