@@ -63,9 +63,10 @@ from ._explore import Explorer, make_types
 from ._spec import Move, Structure
 
 KINDS = ("lineages", "blocks", "joint")
-#: Default limit on the number of states; IM 7 + 7 joint (123,134 states before the
-#: split, about 1 s and a few hundred MB to build) passes.
-DEFAULT_MAX_STATES = 2_000_000
+#: Default limit on the number of states. IM 7 + 7 joint (126,132 states, about 1 s and
+#: 0.8 GB at peak to build) and 8 + 8 (489,069 states, 4.2 GB at peak) pass; 9 + 9 and
+#: beyond, whose states alone take many GB, are refused with the estimate.
+DEFAULT_MAX_STATES = 600_000
 #: Default limit on the terms of one boundary map (about 30 bytes each when kept). One
 #: pulse on IM 7 + 7 joint makes 1.6 M; two pulses at one time (A → B, then B → A) 25 M.
 DEFAULT_MAX_MAP_TERMS = 50_000_000
