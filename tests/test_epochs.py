@@ -250,3 +250,50 @@ def test_map_values_are_the_map_at_its_symbols():
     M = dense_map(m, V - 1, [0.37])
     np.testing.assert_allclose(M.sum(axis=1), 1.0, rtol=1e-14)
     assert math.isclose(M.min(), 0.0) or M.min() > 0
+
+
+def test_rates_that_grow_inside_an_epoch_meet_the_tolerance():
+    """Two lineages, coalescence rate c·e^{γt} on [0, t1), then c1: E[T] by quadrature."""
+    integrate = pytest.importorskip("scipy.integrate")
+    g = pt.models.kingman(2, state_space="lineages")
+    model = pt.EpochModel(g, 2, growing=[(0, 0)])
+    assert model.parameter_names == ("phi0[0]", "phi1[0]", "t1", "g0[0]")
+    c0, c1, t1, gamma = 0.5, 2.0, 1.5, 1.3
+    got = model.expectation([c0, c1, t1, gamma])
+    assert model.last_growth_steps is not None
+
+    def hazard(t):
+        return c0 * math.expm1(gamma * t) / gamma
+
+    head = integrate.quad(lambda t: math.exp(-hazard(t)), 0, t1, epsabs=0, epsrel=1e-13)[0]
+    exact = head + math.exp(-hazard(t1)) / c1
+    assert abs(got / exact - 1) < 1e-10
+    theta = np.array([c0, c1, t1, gamma])
+    grad = model.gradient(theta)
+    h = 1e-6
+    for p in range(4):
+        up, down = theta.copy(), theta.copy()
+        up[p] += h
+        down[p] -= h
+        fd = (model.expectation(up) - model.expectation(down)) / (2 * h)
+        assert abs(grad[p] - fd) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_growth_on_a_cyclic_graph_matches_a_fine_dense_reference():
+    from reference_epochs import epoch_moments_variable, richardson
+
+    g = pt.models.random_graph(10, n_sccs=2, n_params=2, seed=4)
+    model = pt.EpochModel(g, 2, growing=[(0, 1)])
+    phi0, phi1, t1, gamma = np.array([0.8, 1.1]), np.array([1.5, 0.6]), 0.9, -0.7
+    got = model.moments(np.concatenate([phi0, phi1, [t1, gamma]]), k=2)
+
+    def generator(t):
+        return full_generator(g, phi0 * np.array([1.0, math.exp(gamma * t)]))[1]
+
+    alpha, last, _ = full_generator(g, phi1)
+    ones = (~model.engine.absorbing[1:]).astype(float)
+    runs = [
+        epoch_moments_variable(alpha, generator, t1, n, ones, 2, last_generator=last)[0]
+        for n in (200, 400)
+    ]
+    np.testing.assert_allclose(got, richardson(*runs), rtol=1e-9)

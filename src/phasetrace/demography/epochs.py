@@ -18,6 +18,14 @@ from ..errors import InvalidParameterError
 from ..graph import Graph
 from .engine import DEFAULT_MAX_STEPS, DEFAULT_TOL, EpochEngine, MapStep, MapTerms, Piece
 
+#: Imaginary step of the complex-step derivatives of the parameter map (relative).
+_COMPLEX_STEP = 1e-20
+#: Romberg weights of the runs with M, 2M and 4M pieces per growing epoch (error O(M⁻⁶)).
+_ROMBERG = (1.0 / 45.0, -20.0 / 45.0, 64.0 / 45.0)
+#: Pieces per growing epoch to start from, and the most that will be tried.
+GROWTH_START = 4
+GROWTH_MAX = 4096
+
 __all__ = ["EpochModel", "TimeModel"]
 
 
@@ -34,6 +42,8 @@ class TimeModel:
     theta: np.ndarray
     tol: float = DEFAULT_TOL
     max_steps: int = DEFAULT_MAX_STEPS
+    #: Pieces per growing epoch in the last evaluation (``None``: no rates change inside).
+    last_growth_steps: int | None = None
 
     # -- what the argument helpers need ---------------------------------------------------
     @property
@@ -54,10 +64,21 @@ class TimeModel:
         return np.array([float(fn(s)) for s in self.states], dtype=np.float64)
 
     # -- to be defined by subclasses ---------------------------------------------------------
-    def _schedules(self, theta: np.ndarray, gradient: bool):
-        """``[(weight, steps, n_directions)]`` for a batch θ (B, n_params): the result is
-        ``Σ weight·evaluate(steps)`` (one entry, weight 1, unless a subclass extrapolates)."""
+    def _arrays(self, th: np.ndarray, sub: int):
+        """``(phis, taus, epochs, syms)`` at θ (N, n_params), real or complex, computed
+        with analytic operations only (complex steps give the derivatives): the
+        parameter vector (N, P) of every piece in time order, the lengths (N,) of the
+        bounded ones, the epoch of each, and the map symbols (N, S_b) of every boundary.
+        Epochs whose rates change inside are cut into ``sub`` pieces."""
         raise NotImplementedError
+
+    def _grows(self) -> bool:
+        """Whether some bounded epoch has rates that change inside it."""
+        return False
+
+    def _growth_proxy(self) -> TimeModel:
+        """The model whose occupation times decide the number of growth pieces."""
+        return self
 
     def check(self, theta) -> None:
         """Raise :class:`~phasetrace.errors.InvalidParameterError` if θ is not admissible."""
@@ -87,6 +108,111 @@ class TimeModel:
         if not np.isfinite(total).all():
             raise InvalidParameterError("moments are not finite at this θ (overflow)")
         return total, total_jac
+
+    # -- θ → schedules (complex-step derivatives; Romberg for growth) -------------------
+    def _steps(self, th: np.ndarray, gradient: bool, sub: int):
+        """The engine's schedule at a real batch θ (B, n), with complex-step derivatives."""
+        B, n = th.shape
+        if gradient:
+            h = _COMPLEX_STEP * np.maximum(np.abs(th), 1e-300)  # (B, n)
+            rows = np.repeat(th[:, None, :], n + 1, axis=1).astype(np.complex128)
+            rows[:, 1:, :] += 1j * h[:, None, :] * np.eye(n)[None]
+            phis, taus, epochs, syms = self._arrays(rows.reshape(B * (n + 1), n), sub)
+
+            def split(x):  # (B·(n+1), …) → value (B, …), derivative (B, …, n)
+                x = x.reshape(B, n + 1, *x.shape[1:])
+                val = x[:, 0].real
+                der = np.moveaxis(x[:, 1:].imag, 1, -1) / h.reshape(B, *([1] * (x.ndim - 2)), n)
+                return np.ascontiguousarray(val), np.ascontiguousarray(der)
+
+        else:
+            phis, taus, epochs, syms = self._arrays(th, sub)
+
+            def split(x):
+                return np.ascontiguousarray(x.real if np.iscomplexobj(x) else x), None
+
+        steps = []
+        for piece, (phi, e) in enumerate(zip(phis, epochs, strict=True)):
+            phi_v, phi_d = split(phi)
+            if piece == len(phis) - 1:
+                steps.append(Piece(e, phi_v, None, phi_d))
+                break
+            tau_v, tau_d = split(taus[piece])
+            steps.append(Piece(e, phi_v, tau_v, phi_d, tau_d))
+            if epochs[piece + 1] != e:  # a boundary between intervals
+                m = self.engine.maps[e]
+                if m is not None:
+                    sym_v, sym_d = split(syms[e])
+                    steps.append(MapStep(e, sym_v, sym_d))
+        return steps
+
+    def _schedules(self, theta: np.ndarray, gradient: bool):
+        """``[(weight, steps, n_directions)]`` for a batch θ (B, n_params): the result is
+        ``Σ weight·evaluate(steps)`` (Romberg's combination when rates change inside
+        epochs, else one schedule)."""
+        n = self.n_params
+        if not self._grows():
+            self.last_growth_steps = None
+            return [(1.0, self._steps(theta, gradient, 1), n)]
+        M = self._growth_steps(theta)
+        self.last_growth_steps = M
+        return [
+            (w, self._steps(theta, gradient, m), n)
+            for w, m in zip(_ROMBERG, (M, 2 * M, 4 * M), strict=True)
+        ]
+
+    def _growth_steps(self, theta: np.ndarray) -> int:
+        """The number of pieces per growing epoch at which Romberg's estimate of its own
+        error (on the occupation times of :meth:`_growth_proxy`) is below ``tol``."""
+        occ = {}
+        proxy = self._growth_proxy()
+
+        def run(m):
+            if m not in occ:
+                occ[m] = proxy._occupation_proxy(theta, m)
+            return occ[m]
+
+        M = GROWTH_START
+        while True:
+            a1, a2, a4 = run(M), run(2 * M), run(4 * M)
+            r2 = (4 * a4 - a2) / 3
+            r3 = _ROMBERG[0] * a1 + _ROMBERG[1] * a2 + _ROMBERG[2] * a4
+            scale = np.abs(r3).max(axis=-1, keepdims=True)
+            err = np.abs(r3 - r2) / np.maximum(scale, 1e-300)
+            if err.max() <= 0.1 * self.tol:
+                return M
+            if 2 * M > GROWTH_MAX:
+                raise InvalidParameterError(
+                    f"growth too strong for tol={self.tol}: {4 * GROWTH_MAX} pieces per "
+                    f"growth epoch leave an estimated relative error of {err.max():.2g}"
+                )
+            M *= 2
+
+    def _occupation_proxy(self, theta: np.ndarray, sub: int) -> np.ndarray:
+        """Expected time in each state at ``sub`` pieces per growing epoch."""
+        steps = self._steps(theta, False, sub)
+        occ, _ = self.engine.occupation(steps, tol=self.tol, max_steps=self.max_steps)
+        return occ
+
+    # -- evaluation through occupation times -------------------------------------------
+    def occupation(self, theta=None, *, gradient: bool = False):
+        """Expected total time (generations) spent in each state of :attr:`states`.
+
+        ``E[∫ r(X_t) dt] = occupation·r`` for any rewards; with ``gradient``, also the
+        derivatives (a trailing axis ``(n_params,)``).
+        """
+        th, single = self._thetas(theta)
+        total = total_d = 0.0
+        for weight, steps, n_dir in self._schedules(th, gradient):
+            occ, docc = self.engine.occupation(
+                steps, n_directions=n_dir if gradient else 0, tol=self.tol, max_steps=self.max_steps
+            )
+            total = total + weight * occ
+            if gradient:
+                total_d = total_d + weight * docc
+        if not gradient:
+            return total[0] if single else total
+        return (total[0], total_d[0]) if single else (total, total_d)
 
     def moments(self, theta=None, k: int = 1, rewards=None) -> np.ndarray:
         """``[E[Y], …, E[Y^k]]`` at θ (``Y`` is the absorption time without rewards).
@@ -159,8 +285,9 @@ class EpochModel(TimeModel):
     At ``t_{e+1}`` the map ``maps[e]`` (if any) moves the probability mass.
 
     θ is, in this order: ``φ_0, …, φ_{E−1}`` (``E·graph.n_params`` entries), the
-    boundary times ``t_1 < … < t_{E−1}``, then the symbols of the maps (proportions, in
-    boundary order). :attr:`parameter_names` names them (``phi0[2]``, ``t1``, ``p1[0]``).
+    boundary times ``t_1 < … < t_{E−1}``, the symbols of the maps (proportions, in
+    boundary order), then one growth rate per ``growing`` pair. :attr:`parameter_names`
+    names them (``phi0[2]``, ``t1``, ``p1[0]``, ``g0[1]``).
 
     Parameters
     ----------
@@ -175,6 +302,12 @@ class EpochModel(TimeModel):
         Parameters that can be nonzero in each epoch; edges whose rate is 0 in an epoch
         by this pattern are left out of it (in the last epoch that matters: a state no
         active edge leaves, where mass can be, makes the absorption time infinite).
+    growing : sequence of (epoch, parameter), optional
+        Parameters that change continuously inside a bounded epoch: parameter ``p`` of
+        epoch ``e`` is ``φ_{e,p}·exp(γ·(t − t_e))`` there, with the growth rate ``γ`` a
+        parameter of its own (``g{e}[{p}]``; exponential growth of a population is a
+        coalescence rate ``1/N(t)`` with ``γ`` minus its growth rate). Evaluated by
+        Romberg-extrapolated midpoint pieces to ``tol`` (:attr:`last_growth_steps`).
     theta : array_like, optional
         Default parameter values.
     tol : float
@@ -202,6 +335,7 @@ class EpochModel(TimeModel):
         maps: Sequence[MapTerms | None] | None = None,
         *,
         active=None,
+        growing=None,
         theta=None,
         tol: float = DEFAULT_TOL,
         max_steps: int = DEFAULT_MAX_STEPS,
@@ -217,6 +351,9 @@ class EpochModel(TimeModel):
             n = 0 if m is None else m.n_symbols
             self._sym.append((len(names), n))
             names += [f"p{b + 1}[{s}]" for s in range(n)]
+        self._growing = _growing_pairs(growing, E, P)
+        self._growth_cols = np.arange(len(names), len(names) + len(self._growing))
+        names += [f"g{e}[{p}]" for e, p in self._growing.tolist()]
         self.parameter_names = tuple(names)
         self.theta = np.full(len(names), np.nan) if theta is None else np.asarray(theta, np.float64)
         self.tol = _check_tol(tol)
@@ -273,31 +410,49 @@ class EpochModel(TimeModel):
                     f"{times[np.flatnonzero((gaps < 0).any(axis=1))[0]].tolist()}"
                 )
 
-    def _schedules(self, theta: np.ndarray, gradient: bool):
-        B = theta.shape[0]
+    def _grows(self) -> bool:
+        return bool(self._growing.size)
+
+    def _arrays(self, th: np.ndarray, sub: int):
         E, P = self.engine.n_epochs, self.engine.n_params
-        n = self.n_params
-        eye = np.broadcast_to(np.eye(n), (B, n, n)) if gradient else None
-        steps = []
-        t_prev = np.zeros(B)
+        times = th[:, E * P : E * P + E - 1]
+        phis, taus, epochs, syms = [], [], [], []
+        rates = np.zeros((th.shape[0], E, P), dtype=th.dtype)
+        if self._growing.size:
+            rates[:, self._growing[:, 0], self._growing[:, 1]] = th[:, self._growth_cols]
         for e in range(E):
-            phi = theta[:, e * P : (e + 1) * P]
-            dphi = eye[:, e * P : (e + 1) * P] if gradient else None
+            phi = th[:, e * P : (e + 1) * P]
             if e == E - 1:
-                steps.append(Piece(e, phi, None, dphi))
+                phis.append(phi)
+                epochs.append(e)
                 break
-            t = theta[:, E * P + e]
-            dtau = None
-            if gradient:
-                dtau = eye[:, E * P + e].copy()
-                if e:
-                    dtau -= eye[:, E * P + e - 1]
-            steps.append(Piece(e, phi, t - t_prev, dphi, dtau))
-            t_prev = t
+            tau = times[:, e] - (times[:, e - 1] if e else 0.0)
+            grows = bool((self._growing[:, 0] == e).any()) if self._growing.size else False
+            M = sub if grows else 1
+            for j in range(M):
+                # φ(t) = φ·exp(γ·(t − t_e)) at the midpoint of piece j
+                mid = ((j + 0.5) / M * tau)[:, None]
+                phis.append(phi * np.exp(rates[:, e] * mid) if grows else phi)
+                taus.append(tau / M)
+                epochs.append(e)
             first, count = self._sym[e]
-            sym = theta[:, first : first + count]
-            steps.append(MapStep(e, sym, eye[:, first : first + count] if gradient else None))
-        return [(1.0, steps, n)]
+            syms.append(th[:, first : first + count])
+        return phis, taus, epochs, syms
+
+
+def _growing_pairs(growing, n_epochs: int, n_params: int) -> np.ndarray:
+    """``growing`` as an (n, 2) array of (epoch, parameter) pairs, checked."""
+    pairs = np.asarray([] if growing is None else list(growing), dtype=np.int64).reshape(-1, 2)
+    for e, p in pairs.tolist():
+        if not (0 <= e < n_epochs - 1 and 0 <= p < n_params):
+            raise InvalidParameterError(
+                f"growing: ({e}, {p}) is not a (bounded epoch, parameter) pair; epochs "
+                f"0 … {n_epochs - 2} can grow (the last one is unbounded), parameters "
+                f"0 … {n_params - 1}"
+            )
+    if len({tuple(x) for x in pairs.tolist()}) != len(pairs):
+        raise InvalidParameterError("growing: a pair is listed twice")
+    return pairs
 
 
 def _check_tol(tol) -> float:

@@ -31,19 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidParameterError
-from .engine import DEFAULT_MAX_STEPS, DEFAULT_TOL, EpochEngine, MapStep, MapTerms, Piece
+from .engine import DEFAULT_MAX_STEPS, DEFAULT_TOL, EpochEngine, MapTerms
 from .epochs import TimeModel, _check_tol
 
 __all__ = ["DemographicModel", "from_demes", "griffiths_tavare"]
-
-#: Imaginary step of the complex-step derivatives of the parameter map (relative).
-_COMPLEX_STEP = 1e-20
-#: Romberg weights of the runs with M, 2M and 4M pieces per growth epoch (error O(M⁻⁶)).
-_ROMBERG = (1.0 / 45.0, -20.0 / 45.0, 64.0 / 45.0)
-#: Pieces per growth epoch to start from, and the most that will be tried.
-GROWTH_START = 4
-GROWTH_MAX = 4096
 
 
 def from_demes(
@@ -110,9 +101,10 @@ def from_demes(
 class DemesModel(TimeModel):
     """A demes plan on one kind of state space ("lineages", "blocks" or "joint")."""
 
-    def __init__(self, plan, kind: str, *, tol: float, max_states: int | None):
+    def __init__(self, plan, kind: str, *, tol: float, max_states: int | None, proxy=None):
         from .statespace import DEFAULT_MAX_STATES, build_state_space
 
+        self._proxy = proxy  # the lineage-count model: cheap occupation times for growth
         self.plan = plan
         self.kind = kind
         self.parameter_names = tuple(plan.parameter_names)
@@ -142,8 +134,6 @@ class DemesModel(TimeModel):
             absorbing=self.space.absorbing,
         )
         self._stays = [m.stay_index for m in self.space.maps]
-        #: Pieces per growth epoch used by the last evaluation (``None``: no growth).
-        self.last_growth_steps: int | None = None
 
     def check(self, theta) -> None:
         self.plan.check(theta)
@@ -180,105 +170,11 @@ class DemesModel(TimeModel):
             syms.append(np.concatenate([p, np.stack(stays, axis=1)], axis=1) if stays else p)
         return phis, taus, epochs, syms
 
-    def _steps(self, th: np.ndarray, gradient: bool, sub: int):
-        """The engine's schedule at a real batch θ (B, n), with complex-step derivatives."""
-        B, n = th.shape
-        if gradient:
-            h = _COMPLEX_STEP * np.maximum(np.abs(th), 1e-300)  # (B, n)
-            rows = np.repeat(th[:, None, :], n + 1, axis=1).astype(np.complex128)
-            rows[:, 1:, :] += 1j * h[:, None, :] * np.eye(n)[None]
-            phis, taus, epochs, syms = self._arrays(rows.reshape(B * (n + 1), n), sub)
+    def _grows(self) -> bool:
+        return bool(self.plan.growth[:-1].any())
 
-            def split(x):  # (B·(n+1), …) → value (B, …), derivative (B, …, n)
-                x = x.reshape(B, n + 1, *x.shape[1:])
-                val = x[:, 0].real
-                der = np.moveaxis(x[:, 1:].imag, 1, -1) / h.reshape(B, *([1] * (x.ndim - 2)), n)
-                return np.ascontiguousarray(val), np.ascontiguousarray(der)
-
-        else:
-            phis, taus, epochs, syms = self._arrays(th, sub)
-
-            def split(x):
-                return np.ascontiguousarray(x.real if np.iscomplexobj(x) else x), None
-
-        steps = []
-        for piece, (phi, e) in enumerate(zip(phis, epochs, strict=True)):
-            phi_v, phi_d = split(phi)
-            if piece == len(phis) - 1:
-                steps.append(Piece(e, phi_v, None, phi_d))
-                break
-            tau_v, tau_d = split(taus[piece])
-            steps.append(Piece(e, phi_v, tau_v, phi_d, tau_d))
-            if epochs[piece + 1] != e:  # a boundary between intervals
-                m = self.engine.maps[e]
-                if m is not None:
-                    sym_v, sym_d = split(syms[e])
-                    steps.append(MapStep(e, sym_v, sym_d))
-        return steps
-
-    def _schedules(self, theta: np.ndarray, gradient: bool):
-        n = self.n_params
-        if not self.plan.growth[:-1].any():
-            self.last_growth_steps = None
-            return [(1.0, self._steps(theta, gradient, 1), n)]
-        M = self._growth_steps(theta)
-        self.last_growth_steps = M
-        return [
-            (w, self._steps(theta, gradient, m), n)
-            for w, m in zip(_ROMBERG, (M, 2 * M, 4 * M), strict=True)
-        ]
-
-    def _growth_steps(self, theta: np.ndarray) -> int:
-        """The number of pieces per growth epoch at which Romberg's estimate of its own
-        error (on the lineage occupation times) is below ``tol``."""
-        occ = {}
-
-        def run(m):
-            if m not in occ:
-                occ[m] = self._occupation_proxy(theta, m)
-            return occ[m]
-
-        M = GROWTH_START
-        while True:
-            a1, a2, a4 = run(M), run(2 * M), run(4 * M)
-            r2 = (4 * a4 - a2) / 3
-            r3 = _ROMBERG[0] * a1 + _ROMBERG[1] * a2 + _ROMBERG[2] * a4
-            scale = np.abs(r3).max(axis=-1, keepdims=True)
-            err = np.abs(r3 - r2) / np.maximum(scale, 1e-300)
-            if err.max() <= 0.1 * self.tol:
-                return M
-            if 2 * M > GROWTH_MAX:
-                raise InvalidParameterError(
-                    f"growth too strong for tol={self.tol}: {4 * GROWTH_MAX} pieces per "
-                    f"growth epoch leave an estimated relative error of {err.max():.2g}"
-                )
-            M *= 2
-
-    def _occupation_proxy(self, theta: np.ndarray, sub: int) -> np.ndarray:
-        """Expected time in each state of this model at ``sub`` pieces per growth epoch."""
-        steps = self._steps(theta, False, sub)
-        occ, _ = self.engine.occupation(steps, tol=self.tol, max_steps=self.max_steps)
-        return occ
-
-    # -- evaluation through occupation times -------------------------------------------
-    def occupation(self, theta=None, *, gradient: bool = False):
-        """Expected total time (generations) spent in each state of :attr:`states`.
-
-        ``E[∫ r(X_t) dt] = occupation·r`` for any rewards; with ``gradient``, also the
-        derivatives (a trailing axis ``(n_params,)``).
-        """
-        th, single = self._thetas(theta)
-        total = total_d = 0.0
-        for weight, steps, n_dir in self._schedules(th, gradient):
-            occ, docc = self.engine.occupation(
-                steps, n_directions=n_dir if gradient else 0, tol=self.tol, max_steps=self.max_steps
-            )
-            total = total + weight * occ
-            if gradient:
-                total_d = total_d + weight * docc
-        if not gradient:
-            return total[0] if single else total
-        return (total[0], total_d[0]) if single else (total, total_d)
+    def _growth_proxy(self) -> TimeModel:
+        return self if self._proxy is None else self._proxy
 
 
 class DemographicModel(DemesModel):
@@ -314,7 +210,7 @@ class DemographicModel(DemesModel):
         built on first use."""
         if kind not in self._variants:
             self._variants[kind] = DemesModel(
-                self.plan, kind, tol=self.tol, max_states=self._max_states
+                self.plan, kind, tol=self.tol, max_states=self._max_states, proxy=self
             )
         return self._variants[kind]
 
