@@ -7,7 +7,7 @@ them on the configured executor), then evaluate moments for any θ.
 Nothing heavy is imported here: no JAX, Dask or joblib.
 """
 
-from . import demography, distribution, models
+from . import demography, distribution, inference, models
 from .demography import EpochModel
 from .distribution import (
     cdf,
@@ -36,6 +36,7 @@ from .errors import (
 )
 from .executors import available_strategies, get_executor, register_strategy
 from .graph import Edge, Graph, Vertex
+from .inference import fit, loglik, observed_sfs
 from .pipeline import RunStats, compute_trace, compute_traces, last_run_stats
 from .record import record_trace
 from .settings import Settings, config, configure, get_settings, shutdown_executors
@@ -75,12 +76,16 @@ __all__ = [
     "configure",
     "demography",
     "distribution",
+    "fit",
     "get_executor",
     "get_settings",
+    "inference",
     "jsfs",
     "jsfs_function",
     "last_run_stats",
+    "loglik",
     "models",
+    "observed_sfs",
     "pdf",
     "pdf_and_gradient",
     "quantile",
