@@ -531,21 +531,162 @@ def sweep_one(
     return steps
 
 
+#: θ evaluated side by side in the lane path of :func:`sweep_batch`.
+LANES = 8
+
+
 @njit(**_JIT)
 def sweep_batch(
     ptr, dst, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ, dinteg, eps, flush, h0,
     one_go, max_steps,
 ):  # fmt: skip
     """:func:`sweep_one` for every θ of a batch (leading axis ``B`` on every per-θ
-    array). Returns the steps taken per θ (−1: over ``max_steps``)."""
+    array). Returns the steps taken per θ (−1: over ``max_steps``).
+
+    Level 0 without tangents (expectations, occupation times) runs :data:`LANES` θ side
+    by side when each needs only one sub-span (small models): every θ keeps its own
+    rate, weights and active vertices and gets the bits it gets alone.
+    """
     B = W.shape[0]
-    out = np.empty(B, dtype=np.int64)
+    out = np.full(B, -2, dtype=np.int64)
+    plain = W.shape[1] == 1 and integ.shape[1] == 1 and K == 1 and B > 1
     for b in range(B):
+        if not plain:
+            break
+        for d in range(dW.shape[1]):
+            if dlive[b, d]:
+                plain = False
+    if plain:
+        for b0 in range(0, B, LANES):
+            b1 = min(B, b0 + LANES)
+            _lanes(ptr, dst, rate, q, tau, W, integ, eps, flush, one_go, max_steps, b0, b1, out)
+    for b in range(B):
+        if out[b] != -2:
+            continue
         out[b] = sweep_one(
             ptr, dst, rate[b], q[b], drate[b], dq[b], dlive[b], rew, K, tau[b], dtau[b], W[b],
             dW[b], integ[b], dinteg[b], eps, flush, h0, one_go, max_steps,
         )  # fmt: skip
     return out
+
+
+@njit(**_JIT)
+def _lanes(ptr, dst, rate, q, tau, W, integ, eps, flush, one_go, max_steps, b0, b1, out):
+    """θ ``b0:b1`` in one pass when each fits one sub-span (else ``out`` stays −2 for it):
+    the operations of :func:`sweep_one` on each θ, interleaved."""
+    V = W.shape[2]
+    E = dst.shape[0]
+    L = b1 - b0
+    mark = np.zeros(V, dtype=np.bool_)
+    occ = np.zeros(V, dtype=np.bool_)
+    act = np.empty(V, dtype=np.int64)
+    union = np.zeros(V, dtype=np.bool_)
+    ok = np.zeros(L, dtype=np.bool_)
+    lam = np.zeros(L)
+    keep = np.ones((V, L))
+    f = np.zeros((E, L))
+    windows = []
+    n_max = 0
+    for j in range(L):
+        b = b0 + j
+        if tau[b] <= 0.0:
+            out[b] = 0
+            continue
+        _flush(W[b], flush)
+        for u in range(V):
+            occ[u] = W[b, 0, u] != 0.0
+        n_act = _closure(ptr, dst, occ, mark, act)
+        lam_j = 0.0
+        for i in range(n_act):
+            u = act[i]
+            mark[u] = False
+            if q[b, u] > lam_j:
+                lam_j = q[b, u]
+        if lam_j <= 0.0:
+            lam_j = 1.0 / tau[b]
+        if lam_j * tau[b] > one_go:
+            continue  # stiff: the scalar path splits it into sub-spans
+        lam_inv = 1.0 / lam_j
+        for i in range(n_act):
+            u = act[i]
+            union[u] = True
+            keep[u, j] = 1.0 - q[b, u] * lam_inv
+            for e in range(ptr[u], ptr[u + 1]):
+                f[e, j] = rate[b, e] * lam_inv
+        ok[j] = True
+        lam[j] = lam_j
+    for j in range(L):
+        if ok[j]:
+            p, t = poisson_window(lam[j] * tau[b0 + j], eps, 2)
+            windows.append((j, p, t))
+            if p.shape[0] > n_max:
+                n_max = p.shape[0]
+    if not windows:
+        return
+    pw = np.zeros((n_max, L))
+    tw = np.zeros((n_max, L))
+    for j, p, t in windows:
+        if p.shape[0] - 1 > max_steps:
+            out[b0 + j] = -1
+            continue
+        for n in range(p.shape[0]):
+            pw[n, j] = p[n]
+            tw[n, j] = t[n] / lam[j]
+        out[b0 + j] = p.shape[0] - 1
+    n_union = 0
+    for u in range(V):
+        if union[u]:
+            act[n_union] = u
+            n_union += 1
+    w = np.zeros((V, L))
+    ig = np.zeros((V, L))
+    for j in range(L):
+        if out[b0 + j] > 0:
+            for i in range(n_union):
+                u = act[i]
+                w[u, j] = W[b0 + j, 0, u]
+                ig[u, j] = integ[b0 + j, 0, u]
+    _span_lanes(ptr, dst, keep, f, act, n_union, pw, tw, w, ig)
+    for j in range(L):
+        if out[b0 + j] > 0:
+            for i in range(n_union):
+                u = act[i]
+                W[b0 + j, 0, u] = w[u, j]
+                integ[b0 + j, 0, u] = ig[u, j]
+
+
+@njit(**_JIT)
+def _span_lanes(ptr, dst, keep, f, act, n_act, p, t, w, integ):
+    """:func:`_span_simple` for ``L`` θ side by side (arrays with the lane last; ``t``
+    already divided by each lane's rate). A lane's weights past its window are 0."""
+    V, L = w.shape
+    cur = np.empty((V, L))
+    nxt = np.empty((V, L))
+    for i in range(n_act):
+        u = act[i]
+        for j in range(L):
+            x = w[u, j]
+            cur[u, j] = x
+            w[u, j] = p[0, j] * x
+            integ[u, j] += t[0, j] * x
+    for n in range(1, p.shape[0]):
+        for i in range(n_act):
+            u = act[i]
+            for j in range(L):
+                nxt[u, j] = cur[u, j] * keep[u, j]
+        for i in range(n_act):
+            u = act[i]
+            for e in range(ptr[u], ptr[u + 1]):
+                v = dst[e]
+                for j in range(L):
+                    nxt[v, j] += cur[u, j] * f[e, j]
+        for i in range(n_act):
+            u = act[i]
+            for j in range(L):
+                x = nxt[u, j]
+                w[u, j] += p[n, j] * x
+                integ[u, j] += t[n, j] * x
+        cur, nxt = nxt, cur
 
 
 @njit(**_JIT)
