@@ -1,0 +1,149 @@
+"""What a worker runs for a fit: one start (or one bootstrap refit), from plain data.
+
+A work item carries a :class:`ModelSpec` (the model's plan: plain arrays and tuples read
+from demes, the sample, the tolerance), the prepared data, the transform and a start.
+Models hold compiled state and are never pickled: each process rebuilds a model once
+from its spec and keeps it (:data:`KEPT_MODELS`, least recently used out). In the
+calling process the caller's own model is used (registered by :func:`spec_of`), so
+``sequential`` runs rebuild nothing. A rebuilt model computes bit for bit what the
+caller's does, so the answer does not depend on where a start ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ._data import Data
+from ._transform import Transform
+from .likelihood import evaluate
+
+__all__ = ["ModelSpec", "StartTask", "model_for", "run_start", "spec_of"]
+
+#: Rebuilt models a process keeps (a fit needs one; a few cover interleaved fits).
+KEPT_MODELS = 4
+
+_lock = threading.Lock()
+_rebuilt: OrderedDict[str, Any] = OrderedDict()
+_given: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """How to rebuild a demographic model in another process (plain data)."""
+
+    key: str
+    plan: Any
+    samples: tuple[tuple[str, int], ...]
+    tol: float
+    max_states: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class StartTask:
+    """One optimisation: a model, data, the coordinates and where to start."""
+
+    spec: ModelSpec
+    data: Data
+    transform: Transform
+    scaled_mutation: float | None
+    z0: np.ndarray
+    maxiter: int
+
+
+def spec_of(model: Any) -> ModelSpec:
+    """The spec of a :class:`~phasetrace.demography.DemographicModel`; registers the model
+    so that this process uses it instead of a rebuilt copy."""
+    samples = tuple((str(k), int(v)) for k, v in model.samples.items())
+    max_states = getattr(model, "_max_states", None)
+    blob = pickle.dumps((model.plan, samples, float(model.tol), max_states), protocol=5)
+    key = hashlib.sha256(blob).hexdigest()
+    with _lock:
+        _given[key] = model
+    return ModelSpec(key, model.plan, samples, float(model.tol), max_states)
+
+
+def model_for(spec: ModelSpec) -> Any:
+    """The model of ``spec`` in this process: the caller's, a kept one, or a new one."""
+    with _lock:
+        model = _given.get(spec.key)
+        if model is None:
+            model = _rebuilt.get(spec.key)
+            if model is not None:
+                _rebuilt.move_to_end(spec.key)
+        if model is not None:
+            return model
+    from ..demography.model import DemographicModel
+
+    model = DemographicModel(
+        spec.plan, dict(spec.samples), tol=spec.tol, max_states=spec.max_states
+    )
+    with _lock:
+        _rebuilt[spec.key] = model
+        while len(_rebuilt) > KEPT_MODELS:
+            _rebuilt.popitem(last=False)
+    return model
+
+
+def objective(model: Any, task: StartTask):
+    """``z ↦ (−ℓ/S, −∇_z ℓ/S)``: the per-site negative log-likelihood and its gradient.
+
+    Dividing by the number of sites ``S`` keeps values near 1 whatever the data size, so
+    the optimizer's tolerances mean the same for every data set.
+    """
+    transform = task.transform
+    free = list(transform.free)
+    scale = max(task.data.total, 1.0)
+    count = [0]
+
+    def fun(z: np.ndarray):
+        count[0] += 1
+        theta = transform.theta(z)
+        try:
+            value, grad = evaluate(model, theta, task.data, task.scaled_mutation, True)
+        except InvalidParameterError:  # only by rounding at the edge of the box
+            return math.inf, np.zeros_like(z)
+        if not np.isfinite(value):
+            return math.inf, np.zeros_like(z)
+        gz = transform.jacobian(z).T @ grad[free]
+        return -float(value) / scale, -gz / scale
+
+    return fun, count
+
+
+def run_start(task: StartTask) -> dict[str, Any]:
+    """Run L-BFGS-B from ``task.z0``; return the end point and how it went (plain data)."""
+    import scipy.optimize
+
+    model = model_for(task.spec)
+    fun, count = objective(model, task)
+    bounds = list(zip(task.transform.lower.tolist(), task.transform.upper.tolist(), strict=True))
+    res = scipy.optimize.minimize(
+        fun,
+        np.asarray(task.z0, dtype=np.float64),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": task.maxiter, "ftol": 1e-12, "gtol": 1e-7, "maxcor": 20},
+    )
+    z = np.asarray(res.x, dtype=np.float64)
+    theta = task.transform.theta(z)
+    value = evaluate(model, theta, task.data, task.scaled_mutation, False)
+    return {
+        "z": z,
+        "theta": theta,
+        "loglik": float(value),
+        "converged": bool(res.success),
+        "n_evaluations": int(count[0]),
+        "n_iterations": int(res.nit),
+        "message": str(res.message),
+    }
