@@ -631,7 +631,7 @@ def _lanes(ptr, dst, rate, q, tau, W, integ, eps, flush, one_go, max_steps, b0, 
             continue
         for n in range(p.shape[0]):
             pw[n, j] = p[n]
-            tw[n, j] = t[n] / lam[j]
+            tw[n, j] = t[n] * (1.0 / lam[j])  # as t[n]·Λ⁻¹ in the scalar path
         out[b0 + j] = p.shape[0] - 1
     n_union = 0
     for u in range(V):
