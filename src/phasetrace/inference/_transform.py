@@ -142,7 +142,9 @@ def _jacobian(seg: _Segment, zs: np.ndarray) -> np.ndarray:
 
 def _inverse(seg: _Segment, values: np.ndarray, names: Sequence[str]) -> np.ndarray:
     def refuse(why: str) -> None:
-        listed = ", ".join(f"{names[c]} = {v!r}" for c, v in zip(seg.cols, values, strict=True))
+        listed = ", ".join(
+            f"{names[c]} = {float(v)!r}" for c, v in zip(seg.cols, values, strict=True)
+        )
         raise InvalidParameterError(f"{listed}: {why}")
 
     if seg.kind == "log":
