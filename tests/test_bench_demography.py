@@ -89,5 +89,6 @@ def test_reported_accuracy_holds(quick_run):
     for g in small["growth"].values():
         assert g["forced_M_used"] == g["forced_M"] == 4 * g["M"]
         assert g["rel_diff_vs_4M"] < g["tol"]
+        assert g["smallest_M_within_tol"] <= g["M"]
     assert small["growth"]["one_deme"]["pair_E[T]_rel_err_vs_quadrature"] < 1e-10
     assert small["large_n"]["sfs_positive"]
