@@ -126,12 +126,26 @@ class FitResult:
             for n, i, s in zip(self.free, idx, self.stderr, strict=True)
         }
 
-    def confidence_intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
-        """Normal (Wald) intervals ``θ̂ ± z·se`` at ``level`` for the free parameters."""
+    def confidence_intervals(
+        self, level: float = 0.95, *, scale: str = "natural"
+    ) -> dict[str, tuple[float, float]]:
+        """Wald intervals at ``level`` for the free parameters.
+
+        ``scale="natural"``: ``θ̂ ± q·se``. ``scale="log"``: ``θ̂·exp(±q·se/θ̂)`` (the
+        delta method on ``log θ``), which stays positive and suits sizes, times and rates
+        known to a large relative error.
+        """
         if not 0 < level < 1:
             raise InvalidParameterError(f"level must be in (0, 1), got {level!r}")
+        if scale not in ("natural", "log"):
+            raise InvalidParameterError(f"scale must be 'natural' or 'log', got {scale!r}")
         q = statistics.NormalDist().inv_cdf(0.5 + level / 2)
-        return {n: (v - q * s, v + q * s) for n, (v, s) in self.estimates().items()}
+        if scale == "natural":
+            return {n: (v - q * s, v + q * s) for n, (v, s) in self.estimates().items()}
+        return {
+            n: (v * math.exp(-q * s / v), v * math.exp(q * s / v))
+            for n, (v, s) in self.estimates().items()
+        }
 
     def __str__(self) -> str:
         rows = [("parameter", "estimate", "stderr")]
