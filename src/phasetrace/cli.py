@@ -113,7 +113,7 @@ def format_size(n: int) -> str:
 
 
 def _builtin_models() -> dict[str, Callable[..., pt.Graph]]:
-    return {name: getattr(pt.models, name) for name in pt.models.__all__}
+    return {name: getattr(pt.models, name) for name in pt.models.GRAPH_MODELS}
 
 
 def _parse_value(text: str) -> Any:
@@ -791,7 +791,7 @@ def _add_trace(sub, common) -> None:
         "MODEL is one of:\n"
         "  two_island:n=50                           a built-in model with key=value arguments\n"
         "  kingman:n=50,state_space=lineages         (built-ins: "
-        + ", ".join(pt.models.__all__)
+        + ", ".join(pt.models.GRAPH_MODELS)
         + ")\n"
         "  random_graph:n_vertices=200,n_sccs=20,seed=1\n"
         "  graph.json                                a graph written by Graph.to_json()\n"
