@@ -173,6 +173,26 @@ class DemesModel(TimeModel):
     def _grows(self) -> bool:
         return bool(self.plan.growth[:-1].any())
 
+    def spectrum_rewards(self, which: str) -> np.ndarray:
+        """The reward matrix of the pooled (``"sfs"``) or joint (``"jsfs"``) spectrum on
+        this state space, built once (it does not depend on θ)."""
+        cache = self.__dict__.setdefault("_spectrum_rewards", {})
+        if which not in cache:
+            space = self.space
+            cache[which] = space.sfs_rewards() if which == "sfs" else space.jsfs_rewards()
+            cache[which].flags.writeable = False
+        return cache[which]
+
+    def _spectrum(self, theta, which: str, gradient: bool):
+        """First moments of every spectrum reward at θ: ``(…, R)`` (and ``(…, R, P)``)."""
+        th, single = self._thetas(theta)
+        mom, jac = self._evaluate(th, self.spectrum_rewards(which), 1, gradient)
+        mom = mom[..., 0]
+        if not gradient:
+            return mom[0] if single else mom
+        jac = jac[..., 0, :]
+        return (mom[0], jac[0]) if single else (mom, jac)
+
     def _growth_proxy(self) -> TimeModel:
         return self if self._proxy is None else self._proxy
 
@@ -239,30 +259,20 @@ class DemographicModel(DemesModel):
             occ, docc = out
             dsfs = griffiths_tavare(n, np.moveaxis(docc[..., cols, :], -1, -2))
             return griffiths_tavare(n, occ[..., cols]), np.moveaxis(dsfs, -2, -1)
-        model = self.variant("blocks")
-        rewards = model.space.sfs_rewards()
-        if gradient:
-            m, j = model.moments_and_jacobian(theta, 1, rewards)
-            return m[..., 0], j[..., 0, :]
-        return model.moments(theta, 1, rewards)[..., 0]
+        return self.variant("blocks")._spectrum(theta, "sfs", gradient)
 
     def jsfs(self, theta=None, *, gradient: bool = False):
         """The expected joint SFS: shape ``(n_1 + 1, …, n_S + 1)`` over the sampled demes
         in the order of ``samples`` (entry ``(a_1, …)``: branch length subtending exactly
         ``a_j`` samples of deme ``j``), the layout of tskit's
         ``allele_frequency_spectrum(sample_sets, mode="branch", polarised=True)``."""
-        model = self.variant("joint")
-        rewards = model.space.jsfs_rewards()
         shape = tuple(self.plan.samples[k] + 1 for k in self.plan.structure.sampled)
-        if gradient:
-            m, j = model.moments_and_jacobian(theta, 1, rewards)
-            lead = m.shape[:-2]
-            return (
-                m[..., 0].reshape(*lead, *shape),
-                j[..., 0, :].reshape(*lead, *shape, self.n_params),
-            )
-        m = model.moments(theta, 1, rewards)[..., 0]
-        return m.reshape(*m.shape[:-1], *shape)
+        out = self.variant("joint")._spectrum(theta, "jsfs", gradient)
+        if not gradient:
+            return out.reshape(*out.shape[:-1], *shape)
+        m, j = out
+        lead = m.shape[:-1]
+        return m.reshape(*lead, *shape), j.reshape(*lead, *shape, self.n_params)
 
 
 def _engine_map(m) -> MapTerms | None:
