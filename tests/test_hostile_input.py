@@ -443,7 +443,7 @@ def test_malformed_thetas_are_one_clear_error(text, message):
         ("x" * 5000 + ".py:build", "model file 'xxx"),
         ("dir\x00/m.json", "does not exist"),
         ("kingman:n=1e400", "n must be an int"),
-        ("structured_parameters:n_demes=2", r"returned list, not a phasetrace\.Graph"),
+        ("structured_parameters:n_demes=2", r"unknown model 'structured_parameters'"),
     ],
     ids=["long-json", "long-py", "nul", "inf", "not-a-graph"],
 )

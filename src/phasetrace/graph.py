@@ -1318,10 +1318,38 @@ def _check_states(states: np.ndarray, where: _ArrayPlaces) -> None:
     zero = np.flatnonzero(~states.any(axis=1))
     if zero.size:
         raise InvalidGraphError(f"{where(zero[0])}: {_START_RESERVED}")
-    order = _state_order(states)
-    same = np.flatnonzero((states[order][1:] == states[order][:-1]).all(axis=1))
-    if same.size:
-        raise InvalidGraphError(f"{where(order[same[0]])}: appears twice in states")
+    twice = _repeated_row(states)
+    if twice >= 0:
+        raise InvalidGraphError(f"{where(twice)}: appears twice in states")
+
+
+def _repeated_row(states: np.ndarray) -> int:
+    """A row that occurs earlier in ``states`` too, or −1.
+
+    Rows are hashed to 64 bits (a fixed random linear form, wrapping) and only rows with
+    equal hashes are compared: one pass over the matrix and one sort of ``N`` integers,
+    instead of a lexicographic sort over every column (a wide block state space has
+    hundreds of columns).
+    """
+    n = states.shape[0]
+    if n < 2:
+        return -1
+    weights = np.random.default_rng(0x5EED).integers(1, 2**63, states.shape[1], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = states.astype(np.uint64, copy=False) @ (weights | np.uint64(1))
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]]))
+    sizes = np.diff(np.concatenate([starts, [n]]))
+    first = -1
+    for g in np.flatnonzero(sizes > 1).tolist():  # equal hashes: compare the rows
+        seen: dict[bytes, int] = {}
+        for row in sorted(order[starts[g] : starts[g] + sizes[g]].tolist()):
+            key = states[row].tobytes()
+            if key in seen and (first < 0 or row < first):
+                first = row
+            seen.setdefault(key, row)
+    return first
 
 
 def _check_rates(base, coef, param, src, dst, where: _ArrayPlaces) -> None:
