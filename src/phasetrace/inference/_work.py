@@ -31,6 +31,10 @@ __all__ = ["ModelSpec", "StartTask", "model_for", "run_start", "spec_of"]
 
 #: Rebuilt models a process keeps (a fit needs one; a few cover interleaved fits).
 KEPT_MODELS = 4
+#: The optimizer's moving box: a factor this far either way from where a stage starts.
+STAGE_FACTOR = 10.0
+#: Stages (box moves) a start may take.
+MAX_STAGES = 20
 
 _lock = threading.Lock()
 _rebuilt: OrderedDict[str, Any] = OrderedDict()
@@ -121,29 +125,54 @@ def objective(model: Any, task: StartTask):
 
 
 def run_start(task: StartTask) -> dict[str, Any]:
-    """Run L-BFGS-B from ``task.z0``; return the end point and how it went (plain data)."""
+    """Run L-BFGS-B from ``task.z0``; return the end point and how it went (plain data).
+
+    The optimizer moves inside a box of ``±log(STAGE_FACTOR)`` around its starting point
+    (within the transform's box); when it stops on an edge of that box, the box is moved
+    there and the optimizer restarted. A line search of L-BFGS-B may otherwise try a point
+    a factor ``10⁴`` away on its first step, where the model can be very costly (a tiny
+    population over a long epoch needs ~``rate × time`` uniformization steps) and the
+    likelihood is useless anyway.
+    """
     import scipy.optimize
 
     model = model_for(task.spec)
     fun, count = objective(model, task)
-    bounds = list(zip(task.transform.lower.tolist(), task.transform.upper.tolist(), strict=True))
-    res = scipy.optimize.minimize(
-        fun,
-        np.asarray(task.z0, dtype=np.float64),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=bounds,
-        options={"maxiter": task.maxiter, "ftol": 1e-12, "gtol": 1e-7, "maxcor": 20},
-    )
-    z = np.asarray(res.x, dtype=np.float64)
+    lower, upper = task.transform.lower, task.transform.upper
+    z = np.asarray(task.z0, dtype=np.float64)
+    width = math.log(STAGE_FACTOR)
+    iterations = 0
+    for _ in range(MAX_STAGES):
+        lo, hi = np.maximum(lower, z - width), np.minimum(upper, z + width)
+        res = scipy.optimize.minimize(
+            fun,
+            np.clip(z, lo, hi),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=list(zip(lo.tolist(), hi.tolist(), strict=True)),
+            options={
+                "maxiter": max(1, task.maxiter - iterations),
+                "ftol": 1e-12,
+                "gtol": 1e-7,
+                "maxcor": 20,
+            },
+        )
+        z = np.asarray(res.x, dtype=np.float64)
+        iterations += int(res.nit)
+        inner_edge = ((np.abs(z - lo) < 1e-9) & (lo > lower)) | (
+            (np.abs(z - hi) < 1e-9) & (hi < upper)
+        )
+        if not inner_edge.any() or iterations >= task.maxiter:
+            break
+    converged = bool(res.success) and not inner_edge.any()
     theta = task.transform.theta(z)
     value = evaluate(model, theta, task.data, task.scaled_mutation, False)
     return {
         "z": z,
         "theta": theta,
         "loglik": float(value),
-        "converged": bool(res.success),
+        "converged": converged,
         "n_evaluations": int(count[0]),
-        "n_iterations": int(res.nit),
+        "n_iterations": iterations,
         "message": str(res.message),
     }
