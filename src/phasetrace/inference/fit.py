@@ -196,6 +196,15 @@ def _check_identifiable(model: Any, transform: Transform, u: float | None) -> No
         )
 
 
+def _require_scipy() -> None:
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            'fitting needs scipy (its L-BFGS-B optimizer): pip install "phasetrace[inference]"'
+        ) from exc
+
+
 def _check_count(name: str, value: Any, lowest: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lowest:
         raise InvalidParameterError(f"{name} must be an int >= {lowest}, got {value!r}")
@@ -275,6 +284,8 @@ def fit(
         Bad names, bounds, starts or data; a multinomial fit of every size, time and rate.
     TypeError
         ``model`` is not a demographic model.
+    ImportError
+        scipy is not installed (``pip install "phasetrace[inference]"``).
 
     Examples
     --------
@@ -302,6 +313,7 @@ def fit(
             "fit needs a demographic model (phasetrace.models.from_demes), got "
             f"{type(model).__name__}"
         )
+    _require_scipy()
     n_starts = _check_count("n_starts", n_starts, 1)
     seed = _check_count("seed", seed, 0)
     maxiter = _check_count("maxiter", maxiter, 1)
@@ -509,6 +521,7 @@ def bootstrap_fits(
     ndarray, shape (R, n_params)
         The full θ fitted to each replicate.
     """
+    _require_scipy()
     reps = np.asarray(replicates, dtype=np.float64)
     if reps.ndim < 2:
         raise InvalidParameterError("replicates must have shape (R, *observed.shape)")
