@@ -88,7 +88,8 @@ class FitResult:
     covariance : ndarray, shape (k, k)
         Their covariance (delta method from the fitted coordinates).
     converged : bool
-        Whether the best start's optimizer reported convergence.
+        Whether the best start converged: L-BFGS-B reported it, or could not improve ``ℓ``
+        any more with every free ``∂ℓ/∂z`` below ``GRADIENT_ACCEPT = 1e-4``.
     n_evaluations : int
         Likelihood-and-gradient evaluations, over all starts.
     information : str
