@@ -43,6 +43,8 @@ GTOL = 1e-8
 #: when no component of ``∂ℓ/∂z`` off the bounds exceeds this: ``ℓ`` is then within
 #: ~``GRADIENT_ACCEPT²/information`` of its maximum, far below any statistical scale.
 GRADIENT_ACCEPT = 1e-4
+#: … or when the quasi-Newton model says ``ℓ`` can gain less than this by going on.
+GAIN_ACCEPT = 1e-6
 
 _lock = threading.Lock()
 _rebuilt: OrderedDict[str, Any] = OrderedDict()
@@ -181,12 +183,17 @@ def _run_start(task: StartTask) -> dict[str, Any]:
         if not inner_edge.any() or iterations >= task.maxiter:
             break
     # A line search that cannot improve ℓ any more (it is at the noise of the model's
-    # tolerance) ends "abnormally" at the optimum: accept it when the gradient says so.
+    # tolerance) ends "abnormally" at the optimum: accept it when the gradient, or the
+    # quasi-Newton estimate of what is left to gain, says so.
     grad = np.asarray(res.jac, dtype=np.float64)
-    free_dirs = ~(
-        ((np.abs(z - lower) < 1e-9) & (grad > 0)) | ((np.abs(z - upper) < 1e-9) & (grad < 0))
-    )
-    flat = bool(np.all(np.abs(grad[free_dirs]) <= GRADIENT_ACCEPT))
+    held = ((np.abs(z - lower) < 1e-9) & (grad > 0)) | ((np.abs(z - upper) < 1e-9) & (grad < 0))
+    grad = np.where(held, 0.0, grad)
+    flat = bool(np.all(np.abs(grad) <= GRADIENT_ACCEPT))
+    try:
+        left = 0.5 * float(grad @ res.hess_inv.matvec(grad))
+    except (AttributeError, ValueError):
+        left = math.inf
+    flat = flat or 0 <= left <= GAIN_ACCEPT
     converged = (bool(res.success) or flat) and not inner_edge.any()
     theta = task.transform.theta(z)
     value = evaluate(model, theta, task.data, task.scaled_mutation, False)

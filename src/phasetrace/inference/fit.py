@@ -89,7 +89,8 @@ class FitResult:
         Their covariance (delta method from the fitted coordinates).
     converged : bool
         Whether the best start converged: L-BFGS-B reported it, or could not improve ``ℓ``
-        any more with every free ``∂ℓ/∂z`` below ``GRADIENT_ACCEPT = 1e-4``.
+        any more with every free ``∂ℓ/∂z`` below ``1e-4`` or less than ``1e-6`` of ``ℓ``
+        left to gain by its quasi-Newton model.
     n_evaluations : int
         Likelihood-and-gradient evaluations, over all starts.
     information : str
