@@ -83,7 +83,7 @@ def test_starts_come_from_the_seed(im33, noisy):
     for x, y in zip(a.starts, b.starts, strict=True):
         np.testing.assert_array_equal(x.theta, y.theta)
     assert not np.array_equal(a.starts[1].theta, c.starts[1].theta)
-    assert a.n_evaluations == sum(s.n_evaluations for s in a.starts) + 1
+    assert a.n_evaluations == sum(s.n_evaluations for s in a.starts) + 2
 
 
 def test_standard_errors_against_second_differences_of_the_values(im33, noisy):

@@ -92,7 +92,8 @@ class FitResult:
         any more with every free ``∂ℓ/∂z`` below ``1e-4`` or less than ``1e-6`` of ``ℓ``
         left to gain by its quasi-Newton model.
     n_evaluations : int
-        Likelihood-and-gradient evaluations, over all starts.
+        Likelihood-and-gradient evaluations, over all starts (and two at the reference
+        start: a check, and a timing for the executor's cost estimate).
     information : str
         ``"observed"`` or ``"godambe"``.
     starts : tuple of StartResult
@@ -329,9 +330,10 @@ def fit(
     settings = resolve(strategy=strategy, n_workers=n_workers, progress=progress, timeout=timeout)
 
     z_ref = transform.to_z(reference)
+    first = evaluate(model, reference, data, u, True)  # builds the state space if needed
     t0 = time.perf_counter()
-    first = evaluate(model, reference, data, u, True)
-    per_eval = time.perf_counter() - t0
+    evaluate(model, transform.theta(z_ref), data, u, True)
+    per_eval = time.perf_counter() - t0  # for the executor's cost estimates and the bar
     if not np.isfinite(first[0]):
         raise InvalidParameterError(
             "the log-likelihood at the start is -inf: some observed class has expected value "
@@ -367,7 +369,7 @@ def fit(
         stderr=stderr,
         covariance=cov,
         converged=starts[best].converged,
-        n_evaluations=int(sum(s.n_evaluations for s in starts)) + 1,
+        n_evaluations=int(sum(s.n_evaluations for s in starts)) + 2,
         information="observed" if replicates is None else "godambe",
         starts=starts,
         best_start=best,
