@@ -183,9 +183,17 @@ def _step_tangent(ptr, dst, keep, f, dkeep, df, lam_inv, rew, R, K, act, n_act, 
 
 
 @njit(**_JIT)
-def _span_simple(ptr, dst, keep, f, act, n_act, p, t, lam_inv, w, integ, cur, nxt):
+def _span_simple(cptr, csrc, keep, fc, act, n_act, p, t, lam_inv, w, integ, cur, nxt):
     """One sub-span for the common case: level 0 only, no tangents (``w`` and ``integ``
-    are rows of ``W`` and of the integral)."""
+    are rows of ``W`` and of the integral).
+
+    Each active vertex pulls over its incoming edges (``cptr``/``csrc``, rates ``fc`` in
+    that order: sources ascending, so the sums add the same terms in the same order as
+    pushing would), writing its own entry once: sequential writes, and the bits of the
+    push form.
+    """
+    cur[:] = 0.0  # sources outside the active set hold no mass
+    nxt[:] = 0.0
     for i in range(n_act):
         u = act[i]
         x = w[u]
@@ -194,14 +202,11 @@ def _span_simple(ptr, dst, keep, f, act, n_act, p, t, lam_inv, w, integ, cur, nx
         integ[u] += t[0] * lam_inv * x
     for n in range(1, p.shape[0]):
         for i in range(n_act):
-            u = act[i]
-            nxt[u] = cur[u] * keep[u]
-        for i in range(n_act):
-            u = act[i]
-            x = cur[u]
-            if x != 0.0:
-                for e in range(ptr[u], ptr[u + 1]):
-                    nxt[dst[e]] += x * f[e]
+            v = act[i]
+            acc = cur[v] * keep[v]
+            for e in range(cptr[v], cptr[v + 1]):
+                acc += cur[csrc[e]] * fc[e]
+            nxt[v] = acc
         pn = p[n]
         tn = t[n] * lam_inv
         for i in range(n_act):
@@ -213,19 +218,22 @@ def _span_simple(ptr, dst, keep, f, act, n_act, p, t, lam_inv, w, integ, cur, nx
 
 
 @njit(**_JIT)
-def _span_tangent1(ptr, dst, keep, f, dkeep, df, act, n_act, p, t, lam_inv, w, integ, dw, dinteg):
-    """One sub-span of level 0 with tangents in ``L`` directions at once.
+def _span_tangent1(cptr, csrc, keep, fc, dkeep, dfc, act, n_act, p, t, lam_inv, w, integ, dw,
+                   dinteg):  # fmt: skip
+    """One sub-span of level 0 with tangents in ``L`` directions at once, pulling as
+    :func:`_span_simple` does.
 
     ``dw`` (V, L) and ``dinteg`` (V, L) are the tangents of ``w`` and of the integral,
-    direction last, so one pass over the edges serves every direction (each edge's
-    target row is one cache line); ``dkeep`` (V, L) and ``df`` (E, L) likewise.
+    direction last, so one pass over the edges serves every direction; ``dkeep`` (V, L)
+    and ``dfc`` (E, L, incoming order) likewise.
     """
     V = w.shape[0]
     L = dw.shape[1]
-    cur = np.empty(V)
-    nxt = np.empty(V)
-    dcur = np.empty((V, L))
-    dnxt = np.empty((V, L))
+    cur = np.zeros(V)
+    nxt = np.zeros(V)
+    dcur = np.zeros((V, L))
+    dnxt = np.zeros((V, L))
+    acc = np.empty(L)
     p0 = p[0]
     t0 = t[0] * lam_inv
     for i in range(n_act):
@@ -241,21 +249,22 @@ def _span_tangent1(ptr, dst, keep, f, dkeep, df, act, n_act, p, t, lam_inv, w, i
             dinteg[u, d] += t0 * y
     for n in range(1, p.shape[0]):
         for i in range(n_act):
-            u = act[i]
-            k = keep[u]
-            x = cur[u]
-            nxt[u] = x * k
+            v = act[i]
+            k = keep[v]
+            x = cur[v]
+            a = x * k
             for d in range(L):
-                dnxt[u, d] = dcur[u, d] * k + x * dkeep[u, d]
-        for i in range(n_act):
-            u = act[i]
-            x = cur[u]
-            for e in range(ptr[u], ptr[u + 1]):
-                v = dst[e]
-                fe = f[e]
-                nxt[v] += x * fe
+                acc[d] = dcur[v, d] * k + x * dkeep[v, d]
+            for e in range(cptr[v], cptr[v + 1]):
+                u = csrc[e]
+                y = cur[u]
+                fe = fc[e]
+                a += y * fe
                 for d in range(L):
-                    dnxt[v, d] += dcur[u, d] * fe + x * df[e, d]
+                    acc[d] += dcur[u, d] * fe + y * dfc[e, d]
+            nxt[v] = a
+            for d in range(L):
+                dnxt[v, d] = acc[d]
         pn = p[n]
         tn = t[n] * lam_inv
         for i in range(n_act):
@@ -307,8 +316,8 @@ def _flush(x, flush):
 
 @njit(**_JIT)
 def sweep_one(
-    ptr, dst, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ, dinteg, eps, flush, h0,
-    one_go, max_steps,
+    ptr, dst, cptr, csrc, cperm, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ,
+    dinteg, eps, flush, h0, one_go, max_steps,
 ):  # fmt: skip
     """Advance one θ through a span of length ``tau`` (see the module docstring).
 
@@ -368,7 +377,8 @@ def sweep_one(
             j += 1
     nf = n_live if fused else 0
     dkeep_l = np.empty((V, nf))
-    df_l = np.empty((E, nf))
+    fc = np.empty(E if (simple or fused) else 0)
+    dfc = np.empty((E if fused else 0, nf))
     dw_l = np.empty((V, nf))
     dinteg_l = np.empty((V, nf))
     steps = 0
@@ -430,10 +440,14 @@ def sweep_one(
                         df[d, e] = drate[d, e] * lam_inv
             if fused:
                 for j in range(n_live):
-                    d = live_ids[j]
-                    dkeep_l[u, j] = dkeep[d, u]
-                    for e in range(ptr[u], ptr[u + 1]):
-                        df_l[e, j] = df[d, e]
+                    dkeep_l[u, j] = dkeep[live_ids[j], u]
+        if simple or fused:  # rates in incoming order for the pulling paths
+            for i in range(n_act):
+                v = act[i]
+                for e in range(cptr[v], cptr[v + 1]):
+                    fc[e] = rate[cperm[e]] * lam_inv
+                    for j in range(nf):
+                        dfc[e, j] = drate[live_ids[j], cperm[e]] * lam_inv
         steps += n_last
         remaining -= h
         elapsed += h
@@ -444,7 +458,7 @@ def sweep_one(
                     dw_l[u, j] = dW[d, 0, u]
                     dinteg_l[u, j] = dinteg[d, 0, u]
             _span_tangent1(
-                ptr, dst, keep, f, dkeep_l, df_l, act, n_act, p, t, lam_inv, W[0], integ[0],
+                cptr, csrc, keep, fc, dkeep_l, dfc, act, n_act, p, t, lam_inv, W[0], integ[0],
                 dw_l, dinteg_l,
             )  # fmt: skip
             for j in range(n_live):
@@ -455,7 +469,7 @@ def sweep_one(
             continue
         if simple:
             _span_simple(
-                ptr, dst, keep, f, act, n_act, p, t, lam_inv, W[0], integ[0], cur[0], nxt[0]
+                cptr, csrc, keep, fc, act, n_act, p, t, lam_inv, W[0], integ[0], cur[0], nxt[0]
             )
             continue
         for i in range(n_act):
@@ -537,8 +551,8 @@ LANES = 8
 
 @njit(**_JIT)
 def sweep_batch(
-    ptr, dst, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ, dinteg, eps, flush, h0,
-    one_go, max_steps,
+    ptr, dst, cptr, csrc, cperm, rate, q, drate, dq, dlive, rew, K, tau, dtau, W, dW, integ,
+    dinteg, eps, flush, h0, one_go, max_steps,
 ):  # fmt: skip
     """:func:`sweep_one` for every θ of a batch (leading axis ``B`` on every per-θ
     array). Returns the steps taken per θ (−1: over ``max_steps``).
@@ -564,8 +578,8 @@ def sweep_batch(
         if out[b] != -2:
             continue
         out[b] = sweep_one(
-            ptr, dst, rate[b], q[b], drate[b], dq[b], dlive[b], rew, K, tau[b], dtau[b], W[b],
-            dW[b], integ[b], dinteg[b], eps, flush, h0, one_go, max_steps,
+            ptr, dst, cptr, csrc, cperm, rate[b], q[b], drate[b], dq[b], dlive[b], rew, K,
+            tau[b], dtau[b], W[b], dW[b], integ[b], dinteg[b], eps, flush, h0, one_go, max_steps,
         )  # fmt: skip
     return out
 

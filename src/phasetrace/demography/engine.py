@@ -121,12 +121,16 @@ class MapStep:
 
 @dataclass
 class _EpochEdges:
-    """The edges that can carry mass in one epoch, as CSR rows over all vertices."""
+    """The edges that can carry mass in one epoch, as CSR rows over all vertices, and
+    the same edges by target (``cptr``/``csrc``; ``cperm`` maps them to CSR positions)."""
 
     ptr: np.ndarray
     dst: np.ndarray
     edge: np.ndarray  # index into the graph's edge arrays
     support: np.ndarray
+    cptr: np.ndarray
+    csrc: np.ndarray
+    cperm: np.ndarray
 
 
 class EpochEngine:
@@ -214,8 +218,13 @@ class EpochEngine:
 
     def _epoch_edges(self, live: np.ndarray, support: np.ndarray) -> _EpochEdges:
         keep = np.flatnonzero(live & support[self._src])
-        ptr = np.searchsorted(self._src[keep], np.arange(self.n_vertices + 1)).astype(np.int64)
-        return _EpochEdges(ptr, self._arr_dst[keep].astype(np.int64), keep, support)
+        V = self.n_vertices
+        ptr = np.searchsorted(self._src[keep], np.arange(V + 1)).astype(np.int64)
+        dst = self._arr_dst[keep].astype(np.int64)
+        cperm = np.argsort(dst, kind="stable")  # by target, sources ascending within one
+        cptr = np.searchsorted(dst[cperm], np.arange(V + 1)).astype(np.int64)
+        csrc = self._src[keep][cperm].astype(np.int64)
+        return _EpochEdges(ptr, dst, keep, support, cptr, csrc, cperm.astype(np.int64))
 
     # -- the last epoch ----------------------------------------------------------------
     def last_trace(self):
@@ -353,8 +362,9 @@ class EpochEngine:
                 raise InvalidParameterError(f"epoch lengths must be finite and >= 0: {tau}")
             dtau = np.zeros((B, D)) if step.dtau is None else np.asarray(step.dtau, np.float64)
             done = sw.sweep_batch(
-                ep.ptr, ep.dst, rate, q, drate, dq, dlive, rewards, K, tau, dtau, W, dW, integ,
-                dinteg, eps, FLUSH * tol / V, FIRST_STEPS, ONE_GO_STEPS, max_steps,
+                ep.ptr, ep.dst, ep.cptr, ep.csrc, ep.cperm, rate, q, drate, dq, dlive, rewards, K,
+                tau, dtau, W, dW, integ, dinteg, eps, FLUSH * tol / V, FIRST_STEPS, ONE_GO_STEPS,
+                max_steps,
             )  # fmt: skip
             if (done < 0).any():
                 b = int(np.flatnonzero(done < 0)[0])
@@ -564,9 +574,9 @@ class EpochEngine:
                 target = times[i] if stop_at_time else end
                 if target > now and np.isfinite(target):
                     done = sw.sweep_batch(
-                        ep.ptr, ep.dst, rate, q, drate, dq, dlive, no_rewards, 1,
-                        np.array([target - now]), dtau0, W, dW, integ, dinteg, eps,
-                        FLUSH * tol / V,
+                        ep.ptr, ep.dst, ep.cptr, ep.csrc, ep.cperm, rate, q, drate, dq, dlive,
+                        no_rewards, 1, np.array([target - now]), dtau0, W, dW, integ, dinteg,
+                        eps, FLUSH * tol / V,
                         FIRST_STEPS, ONE_GO_STEPS, max_steps,
                     )  # fmt: skip
                     if done[0] < 0:
