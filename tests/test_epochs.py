@@ -297,3 +297,16 @@ def test_growth_on_a_cyclic_graph_matches_a_fine_dense_reference():
         for n in (200, 400)
     ]
     np.testing.assert_allclose(got, richardson(*runs), rtol=1e-9)
+
+
+def test_a_stiff_epoch_is_refused_with_the_limit_named():
+    """Two states swapping at rate φ0, a slow exit at rate φ1: the mass cannot leave the
+    fast cycle, so the uniformization steps grow with φ0·t1."""
+    g = pt.Graph.from_arrays(
+        [[1], [2], [3]], src=[0, 1, 0], dst=[1, 0, 2], weights=[0.0, 0.0, 0.0],
+        coefficients=[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], initial=([0], [1.0]),
+    )  # fmt: skip
+    model = pt.EpochModel(g, 2, max_steps=2000)
+    with pytest.raises(InvalidParameterError, match="stiff"):
+        model.expectation([1e6, 1e-3, 1.0, 1.0, 100.0])
+    assert np.isfinite(model.expectation([1.0, 1.0, 1.0, 1.0, 1.0]))

@@ -44,8 +44,11 @@ FLUSH = 1e-3
 FIRST_STEPS = 64.0
 #: A piece (or its rest) that needs at most this many steps is done in one sub-span.
 ONE_GO_STEPS = 512.0
-#: Refuse a piece that needs more uniformization steps than this (per θ).
+#: Refuse a piece that needs more uniformization steps than this (per θ)...
 DEFAULT_MAX_STEPS = 50_000_000
+#: ... or more than this many edge visits (steps × (vertices + edges) of its epoch): a
+#: stiff epoch (fast rates over a long time) is refused in about a minute, not hours.
+MAX_WORK = 3e10
 
 
 @dataclass(frozen=True)
@@ -361,22 +364,30 @@ class EpochEngine:
             if not (np.isfinite(tau).all() and (tau >= 0).all()):
                 raise InvalidParameterError(f"epoch lengths must be finite and >= 0: {tau}")
             dtau = np.zeros((B, D)) if step.dtau is None else np.asarray(step.dtau, np.float64)
+            limit = self._step_limit(ep, max_steps)
             done = sw.sweep_batch(
                 ep.ptr, ep.dst, ep.cptr, ep.csrc, ep.cperm, rate, q, drate, dq, dlive, rewards, K,
                 tau, dtau, W, dW, integ, dinteg, eps, FLUSH * tol / V, FIRST_STEPS, ONE_GO_STEPS,
-                max_steps,
+                limit,
             )  # fmt: skip
             if (done < 0).any():
                 b = int(np.flatnonzero(done < 0)[0])
                 raise InvalidParameterError(
-                    f"epoch {step.epoch} needs more than max_steps={max_steps} "
-                    f"uniformization steps at θ #{b} (its rates times its length are too "
-                    "large); raise max_steps"
+                    f"epoch {step.epoch} needs more than {limit:,} uniformization steps at "
+                    f"θ #{b}: its fastest rates times its length are too large (a stiff "
+                    f"epoch; the limit is max_steps={max_steps:,} or {MAX_WORK:.0e} edge "
+                    "visits, whichever is smaller); raise max_steps, or check θ"
                 )
         last = steps[-1]
         if not isinstance(last, Piece) or last.tau is not None or last.epoch != self.n_epochs - 1:
             raise InvalidParameterError("the schedule must end with the last epoch, unbounded")
         return W, dW, integ, dinteg, last
+
+    def _step_limit(self, ep: _EpochEdges, max_steps: int) -> int:
+        """Steps allowed per piece of this epoch: ``max_steps``, or less where the work
+        per step is large (:data:`MAX_WORK`)."""
+        per_step = int(ep.support.sum()) + int(ep.dst.size)
+        return int(min(max_steps, max(10_000, MAX_WORK // max(per_step, 1))))
 
     def _rates(self, step: Piece, ep: _EpochEdges, D: int):
         phi = np.asarray(step.phi, dtype=np.float64)
@@ -577,7 +588,7 @@ class EpochEngine:
                         ep.ptr, ep.dst, ep.cptr, ep.csrc, ep.cperm, rate, q, drate, dq, dlive,
                         no_rewards, 1, np.array([target - now]), dtau0, W, dW, integ, dinteg,
                         eps, FLUSH * tol / V,
-                        FIRST_STEPS, ONE_GO_STEPS, max_steps,
+                        FIRST_STEPS, ONE_GO_STEPS, self._step_limit(ep, max_steps),
                     )  # fmt: skip
                     if done[0] < 0:
                         raise InvalidParameterError(
