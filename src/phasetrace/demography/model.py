@@ -218,7 +218,8 @@ class DemographicModel(DemesModel):
     def __init__(self, plan, samples: dict, *, tol: float, max_states: int | None):
         super().__init__(plan, "lineages", tol=tol, max_states=max_states)
         self.samples = dict(samples)
-        self._max_states = max_states
+        #: The state-space limit the model was built with (``None``: the default).
+        self.max_states = max_states
         self._variants: dict[str, DemesModel] = {"lineages": self}
 
     def describe(self) -> str:
@@ -230,7 +231,7 @@ class DemographicModel(DemesModel):
         built on first use."""
         if kind not in self._variants:
             self._variants[kind] = DemesModel(
-                self.plan, kind, tol=self.tol, max_states=self._max_states, proxy=self
+                self.plan, kind, tol=self.tol, max_states=self.max_states, proxy=self
             )
         return self._variants[kind]
 

@@ -180,6 +180,12 @@ class Plan:
     def n_parameters(self) -> int:
         return len(self.parameter_names)
 
+    @property
+    def proportion_groups(self) -> tuple[tuple[int, ...], ...]:
+        """θ columns of the proportions that share one event (a pulse's sources, an
+        admixed deme's free ancestry proportions): each group sums to at most 1."""
+        return (*self._layout.pulses, *self._layout.ancestries)
+
     def resolve(self, theta: Any) -> Resolved:
         """Sizes, times, rates and proportions per interval at a batch of θ.
 

@@ -232,8 +232,7 @@ def make_transform(
             run = []
 
     # Proportions, per event.
-    layout = plan._layout
-    for group in (*layout.pulses, *layout.ancestries):
+    for group in plan.proportion_groups:
         cols = [c for c in group if c in free_set]
         if not cols:
             continue

@@ -78,7 +78,7 @@ def spec_of(model: Any) -> ModelSpec:
     """The spec of a :class:`~phasetrace.demography.DemographicModel`; registers the model
     so that this process uses it instead of a rebuilt copy."""
     samples = tuple((str(k), int(v)) for k, v in model.samples.items())
-    max_states = getattr(model, "_max_states", None)
+    max_states = model.max_states
     blob = pickle.dumps((model.plan, samples, float(model.tol), max_states), protocol=5)
     key = hashlib.sha256(blob).hexdigest()
     with _lock:
