@@ -271,8 +271,10 @@ def _zero_pattern(trace, pos: np.ndarray) -> dict:
                 first = entering & reached[src]
                 undefined_edge = int(np.flatnonzero(first if first.any() else entering)[0])
         out.update(doomed=doomed, undefined=undefined, undefined_edge=undefined_edge)
-    if len(memo) >= ZERO_PATTERNS_KEPT:
-        memo.pop(next(iter(memo)))
+    # Threads may evict at the same time: list() copies the keys without letting another
+    # thread in, and pop() tolerates a key that another thread has just removed.
+    for old in list(memo)[: max(len(memo) - ZERO_PATTERNS_KEPT + 1, 0)]:
+        memo.pop(old, None)
     memo[key] = out
     return out
 
