@@ -701,3 +701,66 @@ def test_cli_fuzz_helpers_see_a_clean_run(cli_dir, capsys):
     assert _run(["moments", "t.npz", "--theta", "1,0.5", "-k", "2"], capsys) == 0
     assert _run(["trace", "model.json", "--strategy", "sequential", "--no-cache"], capsys) == 0
     assert os.path.exists(cli_dir / "t.npz")
+
+
+# -- (b') sizes a trace file claims (issue 19) -------------------------------------------------
+
+
+def _npz_with_member(name: str, header_shape: tuple, body: bytes | int, compress: bool) -> bytes:
+    """A trace file whose member ``name`` has a .npy header claiming ``header_shape``
+    (float64) and ``body`` bytes (or that many zero bytes, written in pieces)."""
+    import zipfile
+
+    buf = io.BytesIO(_npz(dict(TRACE.arrays)).getvalue())
+    out = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(out, "w", method) as dst:
+        for info in src.infolist():
+            if info.filename != name:
+                dst.writestr(info.filename, src.read(info), zipfile.ZIP_STORED)
+                continue
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": "<f8", "fortran_order": False, "shape": header_shape}
+            )
+            with dst.open(name, "w", force_zip64=True) as member:
+                member.write(header.getvalue())
+                if isinstance(body, bytes):
+                    member.write(body)
+                else:
+                    chunk = bytes(1 << 20)
+                    for _ in range(body // len(chunk)):
+                        member.write(chunk)
+    return out.getvalue()
+
+
+def _peak_bytes_of(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["zip bomb", "header claims a huge shape"],
+)
+def test_a_small_trace_file_cannot_make_load_allocate_much(how):
+    """A deflated member of 400 MB of zeros (a file of under 1 MB), or a stored member
+    whose header claims 10⁸ float64: refused before anything that size is allocated."""
+    if how == "zip bomb":
+        raw = _npz_with_member("consts.npy", (50_000_000,), 400_000_000, compress=True)
+    else:
+        raw = _npz_with_member("consts.npy", (100_000_000,), bytes(80), compress=False)
+    assert len(raw) < 2_000_000
+
+    def load():
+        with pytest.raises(TraceFormatError, match=r"consts\.npy"):
+            Trace.load(io.BytesIO(raw))
+
+    assert _peak_bytes_of(load) < 20 * len(raw) + 50_000_000

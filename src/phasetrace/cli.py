@@ -727,9 +727,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         return 0
     if args.action == "verify":
         return _cmd_verify(cache, args.recompute)
-    failures = cache.clear() if args.action == "clear" else []
-    if args.action == "prune":
-        cache.prune(max_bytes)
+    why = cache.not_a_cache()
+    if why is not None:
+        raise CLIError(f"{why}: nothing was removed (phasetrace removes only what it wrote)")
+    if args.action == "clear":
+        left = cache.clear()
+    else:
+        left = []
+        cache.prune(max_bytes, left=left)
     after = cache.info()
     removed = before.entries - after.entries
     freed = before.total_bytes - after.total_bytes
@@ -737,9 +742,11 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({format_size(freed)}) "
         f"from {cache.directory}; {after.entries} left ({format_size(after.total_bytes)})"
     )
-    if failures:
-        path, why = failures[0]
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    if left:
+        for path, why in left[:20]:
+            print(f"  still there: {path}: {why}", file=sys.stderr)
+        path, why = left[0]
+        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
         raise CLIError(f"could not remove {path}: {why}{more}")
     return 0
 
