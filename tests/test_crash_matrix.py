@@ -356,6 +356,29 @@ def test_kernel_error_in_another_thread_reaches_the_caller():
         kernel._run(fn, [(slice(0, 1000), slice(0, 1)), (slice(1000, 2000), slice(0, 1))])
 
 
+def _run_script(path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run a script in a session of its own; past ``timeout`` (a hang guard), end it and
+    every process it forked, then fail."""
+    proc = subprocess.Popen(
+        [sys.executable, str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{path.name} {' '.join(args)} did not end within {timeout} s (a hang)")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a forked child left behind
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 _SIGINT_SCRIPT = """
 import os, sys, time
 import numpy as np
@@ -389,6 +412,7 @@ def test_ctrl_c_stops_a_big_kernel_batch(tmp_path, n_workers):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     try:
         assert proc.stdout.readline().strip() == "started"
@@ -396,7 +420,8 @@ def test_ctrl_c_stops_a_big_kernel_batch(tmp_path, n_workers):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=90)
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-2000:]
     assert out.split() == ["interrupted", "next", "call", "ok"], err[-2000:]
 
@@ -432,7 +457,7 @@ def test_forked_child_evaluates_batches(tmp_path):
     pool) evaluates batches too, with the same results."""
     script = tmp_path / "forkkernel.py"
     script.write_text(_FORK_KERNEL_SCRIPT)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    out = _run_script(script, timeout=100)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["os.fork child 0", "fork pool True"], out.stderr[-2000:]
 
@@ -489,9 +514,7 @@ def test_forked_child_of_a_process_that_used_a_strategy(tmp_path, strategy):
         pytest.importorskip({"dask": "distributed", "joblib": "joblib"}[strategy])
     script = tmp_path / "forkstrategy.py"
     script.write_text(_FORK_STRATEGY_SCRIPT)
-    out = subprocess.run(
-        [sys.executable, str(script), strategy], capture_output=True, text=True, timeout=110
-    )
+    out = _run_script(script, strategy, timeout=100)
     assert out.returncode == 0, out.stderr[-2000:]
     child, parent = out.stdout.splitlines()
     assert child.startswith(FORK_OUTCOMES[strategy]), child
