@@ -14,7 +14,10 @@ MODEL is a built-in model with ``key=value`` arguments (``two_island:n=50``,
 ``kingman:n=50,state_space=lineages``, ``random_graph:n_vertices=200,n_sccs=20,seed=1``),
 a JSON graph file written by :meth:`phasetrace.Graph.to_json`, or
 ``path/to/file.py:function`` naming a function that takes no arguments and returns a
-:class:`phasetrace.Graph`.
+:class:`phasetrace.Graph` (the file is imported to get it, so its top-level code runs:
+give only files you trust; a function that is not defined there is refused before
+anything runs). A list argument is written in brackets:
+``'structured_coalescent:samples=[10,10]'``.
 
 Errors are printed to stderr as one line, ``phasetrace: error: ...``, and the exit
 status is 1 (2 for a command line that does not parse); ``--debug`` shows the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import ast
 import contextlib
 import csv
 import importlib.util
@@ -115,11 +119,51 @@ def format_size(n: int) -> str:
 
 
 def _builtin_models() -> dict[str, Callable[..., pt.Graph]]:
-    return {name: getattr(pt.models, name) for name in pt.models.__all__}
+    """The functions of :mod:`phasetrace.models` that build a graph (not the helpers
+    beside them, such as ``structured_parameters``)."""
+    out = {}
+    for name in pt.models.__all__:
+        fn = getattr(pt.models, name)
+        if inspect.signature(fn).return_annotation in ("Graph", pt.Graph):
+            out[name] = fn
+    return out
+
+
+def _is_sequence(param: inspect.Parameter) -> bool:
+    return any(word in str(param.annotation) for word in ("Sequence", "list", "tuple"))
+
+
+def _example_value(param: inspect.Parameter) -> str:
+    if _is_sequence(param):
+        return "[10,10]"
+    return {int: "20", float: "0.5", bool: "true"}.get(_expected_type(param), "x")
+
+
+def _example(name: str, fn: Callable[..., Any]) -> str:
+    """A spec of model ``name`` that works: its required arguments with example values."""
+    required = [p for p in inspect.signature(fn).parameters.values() if p.default is p.empty]
+    args = ",".join(f"{p.name}={_example_value(p)}" for p in required)
+    return f"{name}:{args}" if args else name
+
+
+def _split_args(text: str) -> list[str]:
+    """``a=1,b=[2,3]`` → ``["a=1", "b=[2,3]"]``: commas inside brackets stay."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
 
 
 def _parse_value(text: str) -> Any:
-    """``20`` → int, ``0.5`` → float, ``true``/``false`` → bool, anything else stays text."""
+    """``20`` → int, ``0.5`` → float, ``true``/``false`` → bool, ``[10,10]`` → a list of
+    those, anything else stays text."""
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [_parse_value(v.strip()) for v in _split_args(inner)] if inner else []
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -131,14 +175,14 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _parse_model_args(name: str, text: str) -> dict[str, Any]:
+def _parse_model_args(name: str, text: str, fn: Callable[..., Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in _split_args(text))):
         key, eq, value = part.partition("=")
         if not eq or not key.strip() or not value.strip():
             raise CLIError(
-                f"model argument {part!r} of {name!r} is not key=value; "
-                f"write e.g. {name}:n=20 (several: {name}:n=20,seed=1)"
+                f"model argument {part!r} of {name!r} is not key=value; write e.g. "
+                f"{_example(name, fn)} (several arguments are separated by commas)"
             )
         kwargs[key.strip()] = _parse_value(value.strip())
     return kwargs
@@ -158,6 +202,13 @@ def _expected_type(param: inspect.Parameter) -> type | None:
 
 
 def _coerce(name: str, param: inspect.Parameter, value: Any) -> Any:
+    if _is_sequence(param):
+        if not isinstance(value, list):
+            raise CLIError(
+                f"model {name!r}: {param.name} is a list, got {value!r} (e.g. "
+                f"'{name}:{param.name}=[10,10]', quoted for the shell)"
+            )
+        return value
     kind = _expected_type(param)
     if (
         kind is None
@@ -186,9 +237,7 @@ def _call_builtin(name: str, fn: Callable[..., pt.Graph], kwargs: dict[str, Any]
         )
     required = [p for p in params.values() if p.default is p.empty and p.name not in kwargs]
     if required:
-        raise CLIError(
-            f"model {name!r} needs {required[0].name}=..., e.g. {name}:{required[0].name}=20"
-        )
+        raise CLIError(f"model {name!r} needs {required[0].name}=..., e.g. {_example(name, fn)}")
     kwargs = {k: _coerce(name, params[k], v) for k, v in kwargs.items()}
     given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
@@ -212,9 +261,56 @@ def _is_file(path: Path, exists: bool = False) -> bool:
         raise CLIError(f"model file {str(path)!r}: {exc.strerror or exc}") from None
 
 
+def _top_level_names(tree: ast.Module) -> set[str] | None:
+    """Names a module binds at its top level (in ``if``/``try``/``with`` blocks too), or
+    None when it may bind others that cannot be seen without running it (``import *``,
+    ``globals()``, ``exec``)."""
+    names: set[str] = set()
+    body = list(tree.body)
+    while body:
+        node = body.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            for field in ("body", "orelse", "finalbody"):
+                body.extend(getattr(node, field, []))
+            body.extend(h for handler in getattr(node, "handlers", []) for h in handler.body)
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.For | ast.With):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    names.add(sub.id)
+    for sub in ast.walk(tree):
+        if isinstance(sub, ast.Name) and sub.id in ("globals", "exec", "setattr", "vars"):
+            return None
+        if isinstance(sub, ast.NamedExpr) and isinstance(sub.target, ast.Name):
+            names.add(sub.target.id)
+    return names
+
+
 def _load_python_model(path: Path, func: str) -> pt.Graph:
     if not _is_file(path):
         raise CLIError(f"model file {str(path)!r} does not exist")
+    # Running the file runs its top-level code: say so, and first make sure that the
+    # function is there, so a misspelt name runs nothing.
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CLIError(f"{path}: cannot be read as Python ({exc}); nothing was run") from exc
+    names = _top_level_names(tree)
+    if not func.isidentifier() or (names is not None and func not in names):
+        functions = sorted(
+            n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        )
+        listed = ", ".join(functions) if functions else "none"
+        raise CLIError(
+            f"{path} has no function {func!r} at its top level (its functions: {listed}); "
+            "nothing was run"
+        )
     module_name = f"_phasetrace_model_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -303,7 +399,7 @@ def load_model(spec: str) -> pt.Graph:
     name, _, args = spec.partition(":")
     models = _builtin_models()
     if name in models:
-        return _call_builtin(name, models[name], _parse_model_args(name, args))
+        return _call_builtin(name, models[name], _parse_model_args(name, args, models[name]))
     if os.sep in spec or "/" in spec:
         raise CLIError(f"model file {spec!r} does not exist")
     raise CLIError(
@@ -890,11 +986,15 @@ def _add_trace(sub, common) -> None:
         "MODEL is one of:\n"
         "  two_island:n=50                           a built-in model with key=value arguments\n"
         "  kingman:n=50,state_space=lineages         (built-ins: "
-        + ", ".join(pt.models.__all__)
+        + ", ".join(_builtin_models())
         + ")\n"
         "  random_graph:n_vertices=200,n_sccs=20,seed=1\n"
+        "  'structured_coalescent:samples=[10,10]'   a list argument, quoted for the shell\n"
         "  graph.json                                a graph written by Graph.to_json()\n"
-        "  path/to/model.py:build                    a function returning a phasetrace.Graph\n\n"
+        "  path/to/model.py:build                    a function returning a phasetrace.Graph;\n"
+        "                                            the file is imported to get it, so its\n"
+        "                                            top-level code runs: give only files you\n"
+        "                                            trust\n\n"
         "example:\n  phasetrace trace two_island:n=50 -o two_island.npz --strategy loky -j 2",
         common,
     )

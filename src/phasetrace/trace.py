@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._args import (
+    as_floats,
     as_k,
     as_reward_matrix,
     as_rewards,
@@ -31,7 +32,7 @@ from ._args import (
     shaped,
     transient_rewards,
 )
-from .errors import TraceFormatError
+from .errors import InvalidParameterError, TraceFormatError
 from .ops import (
     CONST,
     FMA,
@@ -106,8 +107,40 @@ class Trace:
         return int(hits[0])
 
     def rewards_from(self, fn: Callable[[np.ndarray], float]) -> np.ndarray:
-        """Reward vector in trace order from a function of the state."""
-        return np.array([float(fn(s)) for s in self.states], dtype=np.float64)
+        """Reward vector in trace order from a function of the state.
+
+        ``fn`` is called with each vertex's state (an int array of length
+        ``states.shape[1]``) and returns a number.
+
+        Raises
+        ------
+        InvalidParameterError
+            When ``fn`` raises (an index out of range, say), naming the state, or returns
+            something that is not a real number.
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> tr = pt.record_trace(pt.models.kingman(3, state_space="lineages"))
+        >>> tr.rewards_from(lambda s: s[0]).tolist()
+        [0.0, 3.0, 2.0, 1.0]
+        >>> tr.rewards_from(lambda s: s[1])
+        Traceback (most recent call last):
+        ...
+        phasetrace.errors.InvalidParameterError: the reward function raised IndexError at ...
+        """
+        values = []
+        for v, state in enumerate(self.states):
+            try:
+                values.append(fn(state))
+            except Exception as exc:
+                raise InvalidParameterError(
+                    f"the reward function raised {type(exc).__name__} at state "
+                    f"{state.tolist()} (vertex {v}): {exc}. It is called with each vertex's "
+                    f"state, an int array of length {self.states.shape[1]}, and must return a "
+                    "number"
+                ) from exc
+        return as_floats(values, "what the reward function returns")
 
     # -- identity ---------------------------------------------------------------------
     def digest(self) -> str:
