@@ -329,3 +329,21 @@ def test_save_keeps_numpy_s_name_rule(tmp_path):
     assert trace.save(tmp_path / "plain") == tmp_path / "plain.npz"
     assert trace.save(str(tmp_path / "named.npz")) == tmp_path / "named.npz"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["named.npz", "plain.npz"]
+
+
+def test_one_theta_compiles_only_the_one_lane_kernel_and_models_share_it():
+    """First use: one θ needs (compiles, or loads from numba's cache) only the one-lane
+    specialisation, and traces with one or two parameters, freshly recorded or read back,
+    share it: no model makes numba compile the kernel again."""
+    code = (
+        "import numpy as np, phasetrace as pt\n"
+        "from phasetrace import _kernel_impl as impl\n"
+        "pt.record_trace(pt.models.two_island(4)).expectation([1.0, 0.5])\n"
+        "pt.sfs(pt.record_trace(pt.models.kingman(6)), [1.0])\n"
+        "print(len(impl._moments_chunk_1.signatures), len(impl._moments_chunk_16.signatures))\n"
+        "pt.record_trace(pt.models.kingman(6)).moments(np.ones((40, 1)))\n"
+        "print(len(impl._moments_chunk_1.signatures), len(impl._moments_chunk_16.signatures))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "0", "1", "1"]

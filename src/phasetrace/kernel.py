@@ -114,6 +114,8 @@ def _local_program(arr, n_params: int):
     fma = code == FMA
     n_edges = arr["input_base"].size
     coef = np.asarray(arr["input_coef"], dtype=np.float64).reshape(n_edges, n_params)
+    # A copy always (coef.T of one parameter is a view of the read-only trace array): the
+    # kernel's signature, and so what numba compiles, must not depend on n_params.
     prog = (
         unit_optr,
         unit_eptr,
@@ -124,7 +126,7 @@ def _local_program(arr, n_params: int):
         np.ascontiguousarray(arr["consts"], dtype=np.float64),
         _i32(local[sum_args]),
         np.ascontiguousarray(arr["input_base"], dtype=np.float64),
-        np.ascontiguousarray(coef.T),
+        np.array(coef.T, order="C"),
     )
     return prog, local
 
