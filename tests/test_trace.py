@@ -261,8 +261,9 @@ import numpy as np, phasetrace as pt
 from phasetrace import _kernel_impl as impl
 tr = pt.record_trace(pt.models.two_island(4))
 tr.moments([1.0, 0.5]); tr.moments(np.ones((20, 2)))
-hits = sum(impl.moments_chunk.stats.cache_hits.values())
-misses = sum(impl.moments_chunk.stats.cache_misses.values())
+entries = (impl._moments_chunk_1, impl._moments_chunk_16)
+hits = sum(sum(f.stats.cache_hits.values()) for f in entries)
+misses = sum(sum(f.stats.cache_misses.values()) for f in entries)
 print(hits, misses)
 """
 
