@@ -565,3 +565,59 @@ def test_threads_times_strategies(configured):
         t.join()
     pt.shutdown_executors()
     assert errors == []
+
+
+_SIGINT_STRATEGY_SCRIPT = """
+import sys
+import phasetrace as pt
+from phasetrace.executors import get_executor, work_items
+import workfns
+
+if __name__ == "__main__":
+    name, marks = sys.argv[1], sys.argv[2]
+    ex = get_executor(name, n_workers=2)
+    ex.map_items(workfns.square, work_items([1, 2]))
+    print("ready", flush=True)
+    try:
+        ex.map_items(workfns.mark_then_sleep, work_items([(marks, 60_000)] * 4, costs=[60.0] * 4))
+        print("finished", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print("next", ex.map_items(workfns.square, work_items([3, 4])), flush=True)
+    trace = pt.compute_trace(pt.models.two_island(4), strategy=ex, cache=False)
+    print("trace", trace.n_vertices, float(trace.expectation([1.0, 0.5])) > 0, flush=True)
+    ex.shutdown()
+"""
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "adopted"])
+def test_ctrl_c_during_a_call_then_the_next_call_works(tmp_path, strategy):
+    """SIGINT while the workers run long units: KeyboardInterrupt in the caller, and the
+    same executor runs the next call (an adopted pool is its owner's to end: phasetrace
+    cannot stop units running there)."""
+    if strategy in ("dask", "joblib"):
+        pytest.importorskip({"dask": "distributed", "joblib": "joblib"}[strategy])
+    script = tmp_path / "sigint_strategy.py"
+    script.write_text(_SIGINT_STRATEGY_SCRIPT)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), strategy, str(marks)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not list(marks.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(marks.iterdir()), "no unit started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.splitlines() == ["interrupted", "next [9, 16]", "trace 15 True"], err[-2000:]
