@@ -836,3 +836,32 @@ def test_a_small_trace_file_cannot_make_load_allocate_much(how):
             Trace.load(io.BytesIO(raw))
 
     assert _peak_bytes_of(load) < 20 * len(raw) + 50_000_000
+
+
+# -- θ of any numpy kind (issue 19) ---------------------------------------------------------------
+
+THETA_KINDS = st.sampled_from(
+    ["float64", "float32", "float16", "int8", "int64", "uint16", "bool", "complex64",
+     "complex128", "datetime64[s]", "timedelta64[ms]", "U3", "S3", "object", "masked"]
+)  # fmt: skip
+
+
+@FUZZ
+@given(THETA_KINDS, st.lists(st.integers(1, 5), min_size=2, max_size=2))
+def test_theta_of_any_kind_is_evaluated_as_its_value_or_refused(kind, values):
+    """A θ is used only when converting it to float64 keeps its value exactly; anything
+    a cast would change (complex, units, a mask, text) is an InvalidParameterError."""
+    if kind == "masked":
+        theta = np.ma.array(values, mask=[False, True])
+    elif kind == "object":
+        theta = np.array(values, dtype=object)
+    else:
+        theta = np.array(values).astype(kind)
+    try:
+        got = TRACE.moments(theta, k=2)
+    except InvalidParameterError:
+        assert kind in ("complex64", "complex128", "datetime64[s]", "timedelta64[ms]",
+                        "U3", "S3", "masked")  # fmt: skip
+        return
+    exact = np.asarray(theta).astype(np.float64)  # every accepted kind holds these exactly
+    assert np.array_equal(got, TRACE.moments(exact, k=2))
