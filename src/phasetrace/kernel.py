@@ -268,18 +268,26 @@ class _Job:
         self._left = n
         self._lock = threading.Lock()
 
+    def forget(self, n: int) -> None:
+        """``n`` pieces will not come (the caller was interrupted before queueing them)."""
+        self._finished(n)
+
+    def _finished(self, n: int) -> None:
+        with self._lock:
+            self._left -= n
+            if self._left <= 0:
+                self.done.set()
+
     def run(self, piece) -> None:
         """Run one piece on a kernel thread (never raises: errors go to the caller)."""
         try:
-            _run_piece(self.fn, piece, self.stop)
+            if not self.stop.is_set():
+                _run_piece(self.fn, piece, self.stop)
         except BaseException as exc:  # handed to the calling thread
             self.errors.append(exc)
             self.stop.set()
         finally:
-            with self._lock:
-                self._left -= 1
-                if not self._left:
-                    self.done.set()
+            self._finished(1)
 
 
 def _run_piece(fn, piece: tuple, stop: threading.Event | None) -> None:
@@ -331,20 +339,19 @@ def _run(fn, pieces: list[tuple]) -> None:
     if len(pieces) == 1:
         _run_piece(fn, pieces[0], None)
         return
-    job = _Job(fn, len(pieces) - 1)
-    tasks = _ensure_threads(len(pieces) - 1)
-    for piece in pieces[1:]:
-        tasks.put((job, piece))
+    others = len(pieces) - 1
+    job = _Job(fn, others)
+    tasks = _ensure_threads(others)
+    queued = 0
     try:
+        for piece in pieces[1:]:
+            tasks.put((job, piece))
+            queued += 1
         _run_piece(fn, pieces[0], job.stop)
-    except BaseException:
-        job.stop.set()
         job.done.wait()
-        raise
-    try:
-        job.done.wait()
-    except BaseException:  # KeyboardInterrupt while the other pieces run
+    except BaseException:  # KeyboardInterrupt, or this thread's piece failed
         job.stop.set()
+        job.forget(others - queued)
         job.done.wait()
         raise
     if job.errors:
