@@ -559,11 +559,17 @@ def test_threads_times_strategies(configured):
             errors.append(f"{strategy}: {exc!r}")
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2 * len(strategies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    pt.shutdown_executors()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        pt.shutdown_executors()
+        if "joblib" in strategies:  # joblib's process-wide pool: its owner (here) ends it
+            from joblib.externals.loky import get_reusable_executor
+
+            get_reusable_executor().shutdown(wait=True)
     assert errors == []
 
 
