@@ -419,3 +419,42 @@ def test_huge_times_after_the_sequence_is_exhausted():
     # but with fewer steps allowed than the mass needs to run out, it is refused
     with pytest.raises(pt.InvalidParameterError, match="max_steps=10000"):
         cdf(trace, [1e8], [], max_steps=10_000)
+
+
+def _hypoexponential_cdf(rates, t, dps: int = 600):
+    """P(T <= t) for a sum of exponentials of distinct rates, by the closed form in
+    mpmath at ``dps`` digits (enough for the cancellation at tiny t)."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(dps):
+        lam = [mpmath.mpf(r) for r in rates]
+        t = mpmath.mpf(t)
+        total = mpmath.mpf(0)
+        for k, lk in enumerate(lam):
+            w = mpmath.mpf(1)
+            for j, lj in enumerate(lam):
+                if j != k:
+                    w *= lj / (lj - lk)
+            total += w * mpmath.exp(-lk * t)
+        return 1 - total
+
+
+@pytest.mark.parametrize("p", [1e-5, 1e-50, 1e-200, 1e-290, 0.5, 1 - 1e-9, 1 - 1e-14])
+def test_quantile_in_the_far_tails_against_the_closed_form(p):
+    """Kingman's T_MRCA of 12 lineages at θ = 1.5 is a sum of exponentials of rates
+    1.5·C(k, 2): F(q) = p to the accuracy asked for, however small p is (near 0,
+    F(t) ≈ c·t¹¹, so q spans twenty orders of magnitude here)."""
+    mpmath = pytest.importorskip("mpmath")
+    n, c = 12, 1.5
+    trace = pt.record_trace(pt.models.kingman(n, state_space="lineages"))
+    q = float(quantile(trace, p, [c]))
+    rates = [c * k * (k - 1) / 2 for k in range(2, n + 1)]
+    tail = 1 - p if p > 0.5 else p
+    got = _hypoexponential_cdf(rates, q)
+    got_tail = (1 - got) if p > 0.5 else got
+    assert abs(float(got_tail / mpmath.mpf(tail)) - 1) < 1e-6, (p, q, float(got_tail))
+
+
+def test_quantile_refuses_p_it_cannot_resolve():
+    trace = pt.record_trace(pt.models.kingman(5, state_space="lineages"))
+    with pytest.raises(pt.InvalidParameterError, match="too small to resolve"):
+        quantile(trace, [0.5, 1e-300], [1.0])

@@ -314,6 +314,88 @@ def test_spawn_refuses_a_main_script_read_from_stdin_and_loky_runs_it():
     assert "loky: [9]" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.timeout(120)
+def test_spawn_runs_functions_of_the_main_script(tmp_path):
+    """As the standard library's spawn pool does (the workers import the script as
+    ``__mp_main__``): results, and a ValueError that comes back as itself. A function
+    defined under ``if __name__ == "__main__":`` cannot be found by the workers and is
+    refused with advice."""
+    script = tmp_path / "main_fn.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from phasetrace.errors import SerializationError
+            from phasetrace.executors import get_executor
+
+
+            def square(x):
+                if x == 3:
+                    raise ValueError("three is refused")
+                return x * x
+
+
+            if __name__ == "__main__":
+                def hidden(x):
+                    return x
+
+                with get_executor("spawn", n_workers=1) as ex:
+                    print("results", list(ex.map(square, [1, 2])))
+                    try:
+                        list(ex.map(square, [3]))
+                    except ValueError as exc:
+                        print("raised", type(exc).__name__, exc)
+                    try:
+                        list(ex.map(hidden, [1]))
+                    except SerializationError as exc:
+                        print("hidden", exc)
+            """
+        )
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "results [1, 4]"
+    assert lines[1] == "raised ValueError three is refused"
+    assert lines[2].startswith("hidden ") and "if __name__ == '__main__':" in lines[2]
+
+
+def test_spawn_refuses_a_function_typed_into_an_interactive_session():
+    """No script file: the workers cannot import the function's module."""
+    script = textwrap.dedent(
+        """
+        from phasetrace.errors import SerializationError
+        from phasetrace.executors import get_executor
+        def square(x):
+            return x * x
+        try:
+            list(get_executor("spawn", n_workers=1).map(square, [2]))
+        except SerializationError as exc:
+            print("refused:", exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=100
+    )
+    assert "refused: fn 'square' is defined in __main__" in out.stdout, out.stderr[-2000:]
+    assert "interactive session" in out.stdout
+
+
+@pytest.mark.timeout(120)
+def test_an_adopted_pool_shut_down_by_its_owner_is_reported_as_such():
+    """The pattern ``with ProcessPoolExecutor() as pool: configure(strategy=pool)``, then
+    a call after the block: no worker crashed, and the message says what happened, on
+    this call and the next."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ex = get_executor(pool)
+        assert ex.map_items(T.square, work_items([3])) == [9]
+    for _ in range(2):
+        with pytest.raises(ExecutorClosedError, match="shut down by its owner") as info:
+            ex.map_items(T.square, work_items([4]))
+        assert "crash" not in str(info.value) and "died" not in str(info.value)
+
+
 def test_loky_ships_lambdas():
     with get_executor("loky", n_workers=1) as ex:
         assert ex.map_items(lambda x: x + 1, work_items([1, 2])) == [2, 3]

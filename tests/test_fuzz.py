@@ -586,6 +586,78 @@ def test_reward_parser_returns_a_vector_or_raises_cli_error(text):
     assert rewards.shape == (TRACE.n_vertices,)
 
 
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@FUZZ
+@given(st.lists(st.lists(finite, min_size=2, max_size=2), min_size=1, max_size=8), st.booleans())
+def test_every_row_of_numbers_is_a_theta(rows, with_header):
+    """No θ is ever dropped: a first row of numbers is data, whatever its notation."""
+    text = "\n".join(",".join(repr(x) for x in row) for row in rows)
+    if with_header:
+        text = "coalescence,migration\n" + text
+    notes: list[str] = []
+    names, thetas = read_thetas(text, 2, notes=notes)
+    assert thetas.tolist() == rows
+    assert (names == ["coalescence", "migration"]) == with_header
+    assert bool(notes) == with_header  # a header taken without being declared is reported
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1,0.5x\n2,0.25\n", "1,0.5\n2,0.25x\n", "c,0.5\n2,0.25\n", "1x,m\n2,0.25\n"],
+)
+def test_a_bad_number_is_an_error_not_a_header(text):
+    with pytest.raises(CLIError, match="is not a number"):
+        read_thetas(text, 2)
+
+
+def test_a_declared_header_may_look_like_numbers():
+    names, thetas = read_thetas("1,2\n3,4\n", 2, header=True)
+    assert names == ["1", "2"] and thetas.tolist() == [[3.0, 4.0]]
+
+
+@pytest.mark.parametrize("text", ["k,reward\n3,1x\n2,2\n", "3,1x\n2,2\n", "1x\n2\n3\n0\n"])
+def test_a_bad_reward_is_an_error_not_a_header(text):
+    trace = pt.record_trace(pt.models.kingman(3, state_space="lineages"))
+    with pytest.raises(CLIError, match="not a number"):
+        read_rewards(text, trace)
+
+
+def test_cli_says_when_it_takes_a_first_row_as_a_header(cli_dir, capsys):
+    (cli_dir / "named.csv").write_text("c,m\n1,0.5\n")
+    assert main(["moments", "t.npz", "--thetas", "named.csv"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "c,m,moment_1" and len(out.splitlines()) == 2
+    assert "line 1 read as a header" in err
+    (cli_dir / "typo.csv").write_text("1,0.5x\n2,0.5\n")
+    assert main(["moments", "t.npz", "--thetas", "typo.csv"]) == 1
+    assert "'0.5x' is not a number" in capsys.readouterr().err
+
+
+def test_reading_many_thetas_keeps_only_the_numbers(tmp_path):
+    """3·10⁵ rows from a file: the peak is a small multiple of the 4.8 MB of numbers (the
+    rows are never all held as text)."""
+    rows = 300_000
+    path = tmp_path / "many.csv"
+    with open(path, "w") as fh:
+        fh.write("c,m\n")
+        fh.writelines(f"{1 + i % 7}.25,0.{i % 10}5\n" for i in range(rows))
+
+    def read():
+        with open(path, encoding="utf-8", newline="") as fh:
+            return read_thetas(fh, 2)[1]
+
+    thetas = None
+
+    def keep():
+        nonlocal thetas
+        thetas = read()
+
+    assert _peak_bytes_of(keep) < 3 * rows * 2 * 8
+    assert thetas.shape == (rows, 2) and thetas[8].tolist() == [2.25, 0.85]
+
+
 model_values = st.sampled_from(
     [
         "2",
@@ -701,3 +773,95 @@ def test_cli_fuzz_helpers_see_a_clean_run(cli_dir, capsys):
     assert _run(["moments", "t.npz", "--theta", "1,0.5", "-k", "2"], capsys) == 0
     assert _run(["trace", "model.json", "--strategy", "sequential", "--no-cache"], capsys) == 0
     assert os.path.exists(cli_dir / "t.npz")
+
+
+# -- (b') sizes a trace file claims (issue 19) -------------------------------------------------
+
+
+def _npz_with_member(name: str, header_shape: tuple, body: bytes | int, compress: bool) -> bytes:
+    """A trace file whose member ``name`` has a .npy header claiming ``header_shape``
+    (float64) and ``body`` bytes (or that many zero bytes, written in pieces)."""
+    import zipfile
+
+    buf = io.BytesIO(_npz(dict(TRACE.arrays)).getvalue())
+    out = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(out, "w", method) as dst:
+        for info in src.infolist():
+            if info.filename != name:
+                dst.writestr(info.filename, src.read(info), zipfile.ZIP_STORED)
+                continue
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": "<f8", "fortran_order": False, "shape": header_shape}
+            )
+            with dst.open(name, "w", force_zip64=True) as member:
+                member.write(header.getvalue())
+                if isinstance(body, bytes):
+                    member.write(body)
+                else:
+                    chunk = bytes(1 << 20)
+                    for _ in range(body // len(chunk)):
+                        member.write(chunk)
+    return out.getvalue()
+
+
+def _peak_bytes_of(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["zip bomb", "header claims a huge shape"],
+)
+def test_a_small_trace_file_cannot_make_load_allocate_much(how):
+    """A deflated member of 400 MB of zeros (a file of under 1 MB), or a stored member
+    whose header claims 10⁸ float64: refused before anything that size is allocated."""
+    if how == "zip bomb":
+        raw = _npz_with_member("consts.npy", (50_000_000,), 400_000_000, compress=True)
+    else:
+        raw = _npz_with_member("consts.npy", (100_000_000,), bytes(80), compress=False)
+    assert len(raw) < 2_000_000
+
+    def load():
+        with pytest.raises(TraceFormatError, match=r"consts\.npy"):
+            Trace.load(io.BytesIO(raw))
+
+    assert _peak_bytes_of(load) < 20 * len(raw) + 50_000_000
+
+
+# -- θ of any numpy kind (issue 19) ---------------------------------------------------------------
+
+THETA_KINDS = st.sampled_from(
+    ["float64", "float32", "float16", "int8", "int64", "uint16", "bool", "complex64",
+     "complex128", "datetime64[s]", "timedelta64[ms]", "U3", "S3", "object", "masked"]
+)  # fmt: skip
+
+
+@FUZZ
+@given(THETA_KINDS, st.lists(st.integers(1, 5), min_size=2, max_size=2))
+def test_theta_of_any_kind_is_evaluated_as_its_value_or_refused(kind, values):
+    """A θ is used only when converting it to float64 keeps its value exactly; anything
+    a cast would change (complex, units, a mask, text) is an InvalidParameterError."""
+    if kind == "masked":
+        theta = np.ma.array(values, mask=[False, True])
+    elif kind == "object":
+        theta = np.array(values, dtype=object)
+    else:
+        theta = np.array(values).astype(kind)
+    try:
+        got = TRACE.moments(theta, k=2)
+    except InvalidParameterError:
+        assert kind in ("complex64", "complex128", "datetime64[s]", "timedelta64[ms]",
+                        "U3", "S3", "masked")  # fmt: skip
+        return
+    exact = np.asarray(theta).astype(np.float64)  # every accepted kind holds these exactly
+    assert np.array_equal(got, TRACE.moments(exact, k=2))

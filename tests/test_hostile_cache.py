@@ -35,7 +35,11 @@ def _forget_memory(cache_dir):
 def _unit_entries(cache_dir: Path, graph) -> list[Path]:
     whole = _cache(cache_dir).disk.path_for(pipeline._graph_key(graph))
     whole.unlink(missing_ok=True)  # the next call goes through the units
-    return sorted(p for p in cache_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in cache_dir.rglob("*")
+        if p.is_file() and p.parent != cache_dir and not p.name.startswith(".")
+    )
 
 
 def _rewrite(path: Path, change) -> None:
@@ -158,15 +162,17 @@ def test_cache_verify_cli_exit_status(tmp_path, capsys):
 def test_a_directory_where_an_entry_goes_does_not_switch_caching_off(tmp_path):
     disk = DiskCache(tmp_path)
     blocked, other = "ab" * 32, "cd" * 32
+    disk.put(other, {"x": np.arange(3)})
     disk.path_for(blocked).mkdir(parents=True)
     with pytest.warns(CacheWarning, match="in the way"):
         disk.put(blocked, {"x": np.arange(3)})
-    disk.put(other, {"x": np.arange(3)})
-    assert not disk.disabled and other in disk
+    disk.put("ef" * 32, {"x": np.arange(3)})
+    assert not disk.disabled and other in disk and "ef" * 32 in disk
     with pytest.warns(CacheWarning, match="directory"):
         assert disk.get(blocked) is None
-    assert disk.clear() == []
-    assert not disk.path_for(blocked).exists() and disk.info().entries == 0
+    # clear removes the entries, and names the directory, which phasetrace did not write
+    assert [path for path, _ in disk.clear()] == [disk.path_for(blocked)]
+    assert disk.path_for(blocked).is_dir() and disk.info().entries == 0
 
 
 def test_clear_and_prune_never_follow_links_out_of_the_cache(tmp_path):
@@ -187,9 +193,12 @@ def test_clear_and_prune_never_follow_links_out_of_the_cache(tmp_path):
         assert disk.get(linked_entry.name) is None
     disk.prune(0)
     assert victim.read_bytes() == b"precious" and target.read_bytes() == b"also precious"
-    assert disk.clear() == []
+    left = disk.clear()  # the links are not phasetrace's: left alone, and named
+    assert sorted(path for path, _ in left) == sorted([cache_dir / "ef", linked_entry])
+    assert all("not written by phasetrace" in why for _, why in left)
     assert victim.read_bytes() == b"precious" and target.read_bytes() == b"also precious"
-    assert not (cache_dir / "ef").is_symlink() and not linked_entry.is_symlink()
+    assert (cache_dir / "ef").is_symlink() and linked_entry.is_symlink()
+    assert disk.info().entries == 0
 
 
 def test_clear_that_cannot_remove_entries_exits_non_zero(tmp_path, monkeypatch, capsys):
@@ -223,3 +232,85 @@ def test_saved_trace_with_valid_digest_but_bad_operands_is_refused(tmp_path):
     arrays["row_slot"] = arrays["row_slot"] + 10**6
     with pytest.raises(TraceFormatError, match="row slot"):
         pt.Trace(arrays)
+
+
+# -- only what phasetrace wrote is removed (issue 19) -----------------------------------------
+
+
+def _foreign_directory(root: Path) -> dict[Path, bytes]:
+    """A directory of someone's files, some named like shards and entries."""
+    files = {
+        root / "01": b"one",
+        root / "12": b"twelve",
+        root / "ab": b"a file named like a shard",
+        root / "notes.txt": b"mine",
+        root / "cd" / ("cd" * 32): b"named like an entry, in a directory named like a shard",
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("action", [["clear"], ["prune", "--max-size", "0"]])
+def test_cache_commands_refuse_a_directory_that_is_not_a_cache(tmp_path, capsys, action):
+    files = _foreign_directory(tmp_path)
+    assert main(["cache", *action, "--cache-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "CACHEDIR.TAG" in err and "nothing was removed" in err
+    assert {p: p.read_bytes() for p in files} == files
+    assert DiskCache(tmp_path).clear() == [
+        (tmp_path, DiskCache(tmp_path).not_a_cache() + "; nothing was removed")
+    ]
+    assert {p: p.read_bytes() for p in files} == files
+
+
+def test_the_cache_does_not_write_into_a_directory_that_is_not_one(tmp_path):
+    files = _foreign_directory(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    disk = DiskCache(tmp_path)
+    with pytest.warns(CacheWarning, match="CACHEDIR.TAG"):
+        disk.put("ef" * 32, {"x": np.arange(3)})
+    assert disk.disabled and sorted(tmp_path.rglob("*")) == before
+    assert {p: p.read_bytes() for p in files} == files
+
+
+def test_clear_in_a_cache_leaves_and_names_what_phasetrace_did_not_write(tmp_path, capsys):
+    disk = DiskCache(tmp_path)
+    keys = [f"{i:02x}" * 32 for i in range(3)]
+    for key in keys:
+        disk.put(key, {"x": np.arange(3)})
+    assert (tmp_path / "CACHEDIR.TAG").is_file()
+    strangers = [tmp_path / "readme.txt", disk.path_for(keys[0]).parent / "notes"]
+    for p in strangers:
+        p.write_text("not a cache entry")
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "removed 3 entries" in out
+    assert all(str(p) in err for p in strangers) and "not written by phasetrace" in err
+    assert all(p.read_text() == "not a cache entry" for p in strangers)
+    assert not any(key in disk for key in keys)
+
+
+def test_a_cache_written_before_markers_is_still_a_cache(tmp_path, capsys):
+    disk = DiskCache(tmp_path)
+    disk.put("ab" * 32, {"x": np.arange(3)})
+    (tmp_path / "CACHEDIR.TAG").unlink()  # as an older phasetrace left it
+    assert DiskCache(tmp_path).not_a_cache() is None
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out
+
+
+def test_prune_that_cannot_remove_entries_exits_non_zero(tmp_path, monkeypatch, capsys):
+    disk = DiskCache(tmp_path)
+    for i in range(3):
+        disk.put(f"{i:02x}" * 32, {"x": np.arange(3)})
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "removed 0 entries" in out
+    assert "could not remove" in err and "Read-only file system" in err

@@ -474,3 +474,106 @@ def test_the_highest_allowed_moment_order_is_finite():
     assert np.isfinite(m).all()
     # T = Exp(3) + Exp(1) at c = 1: E[T] = 1/3 + 1 and E[T^2] = Var + E^2
     assert m[:2] == pytest.approx([4 / 3, 1 / 9 + 1 + (4 / 3) ** 2], rel=1e-13)
+
+
+# -- θ and rewards that a cast would change silently (issue 19) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("theta", "message"),
+    [
+        (np.array([1 + 0j, 0.5]), "complex"),
+        (np.array([1 + 2j, 0.5]), "complex"),
+        (np.array(["2020-01-01", "2020-01-02"], dtype="datetime64[D]"), "datetime64"),
+        (np.array([1, 2], dtype="timedelta64[s]"), "timedelta64"),
+        (np.ma.array([1.0, 0.5], mask=[False, True]), "masked array"),
+        ([10**400, 1], "too large for float64"),
+        (["1", "0.5"], "not numbers"),
+    ],
+    ids=["complex-real", "complex", "datetime", "timedelta", "masked", "10**400", "text"],
+)
+def test_theta_of_other_kinds_is_refused_not_cast(theta, message):
+    trace = pt.record_trace(pt.models.two_island(3))
+    for evaluate in (trace.moments, trace.moments_and_jacobian, trace.expectation):
+        with pytest.raises(pt.InvalidParameterError, match=message):
+            evaluate(theta)
+    with pytest.raises(pt.InvalidParameterError, match=message):
+        pt.cdf(trace, [1.0], theta)
+
+
+@pytest.mark.parametrize(
+    ("rewards", "message"),
+    [
+        (lambda n: np.ones(n) * (1 + 1j), "complex"),
+        (lambda n: [10**400] * n, "too large for float64"),
+        (lambda n: np.ma.array(np.ones(n), mask=[True] + [False] * (n - 1)), "masked array"),
+    ],
+    ids=["complex", "10**400", "masked"],
+)
+def test_rewards_of_other_kinds_are_refused_not_cast(rewards, message):
+    trace = pt.record_trace(pt.models.two_island(3))
+    with pytest.raises(pt.InvalidParameterError, match=message):
+        trace.moments([1.0, 0.5], rewards=rewards(trace.n_vertices))
+
+
+def test_a_reward_function_that_fails_is_one_clear_error():
+    trace = pt.record_trace(pt.models.two_island(3))
+    with pytest.raises(pt.InvalidParameterError, match="raised IndexError at state") as info:
+        trace.moments([1.0, 0.5], rewards=lambda s: s[2])
+    assert "an int array of length 2" in str(info.value)
+    assert isinstance(info.value.__cause__, IndexError)
+    with pytest.raises(pt.InvalidParameterError, match="complex"):
+        trace.moments([1.0, 0.5], rewards=lambda s: 1j * s[0])
+
+
+# -- model files and built-in models on the command line (issue 19) ---------------------------
+
+_SIDE_EFFECT_PY = """
+import pathlib
+pathlib.Path("ran.txt").write_text("the top-level code ran")
+import phasetrace as pt
+
+
+def build():
+    return pt.models.kingman(4)
+"""
+
+
+def test_a_model_file_without_the_function_is_refused_before_running(isolated, capsys):
+    (isolated / "model.py").write_text(_SIDE_EFFECT_PY)
+    assert main(["trace", "model.py:biuld", "--no-cache"]) == 1
+    line = _one_error_line(capsys)
+    assert "has no function 'biuld'" in line and "build" in line and "nothing was run" in line
+    assert not (isolated / "ran.txt").exists()
+    assert main(["trace", "model.py:build", "--no-cache"]) == 0
+    assert (isolated / "ran.txt").exists()  # as documented: the file is run to get the function
+
+
+def test_trace_help_says_that_a_model_file_is_run(capsys):
+    with pytest.raises(SystemExit):
+        main(["trace", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "its top-level code runs" in out
+    assert "structured_parameters" not in out
+
+
+def test_structured_coalescent_takes_its_samples_on_the_command_line():
+    graph = load_model("structured_coalescent:samples=[3,2],migration=pairwise")
+    want = pt.models.structured_coalescent([3, 2], "pairwise")
+    assert pt.record_trace(graph) == pt.record_trace(want)
+
+
+def test_every_example_in_a_model_error_message_works():
+    """The message for a model given without its required arguments names an example:
+    that example builds the model."""
+    import re
+
+    from phasetrace.cli import _builtin_models
+
+    for name in _builtin_models():
+        try:
+            load_model(name)
+            continue  # no required argument
+        except CLIError as exc:
+            example = re.search(r"e\.g\. (\S+)$", str(exc)).group(1)
+        assert isinstance(load_model(example), pt.Graph), example

@@ -107,7 +107,12 @@ def test_units_are_deduplicated_within_a_call(tmp_path):
 
 
 def _cache_files(cache_dir: Path) -> list[Path]:
-    return sorted(p for p in cache_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """The entries (in shard directories; not the CACHEDIR.TAG marker beside them)."""
+    return sorted(
+        p
+        for p in cache_dir.rglob("*")
+        if p.is_file() and p.parent != cache_dir and not p.name.startswith(".")
+    )
 
 
 def _break(path: Path, how: str) -> None:

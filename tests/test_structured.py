@@ -457,3 +457,24 @@ def test_unpacked_state_keys_give_the_same_graph(monkeypatch, space):
     packed = pt.record_trace(structured_coalescent(*args, state_space=space)).digest()
     monkeypatch.setattr(structured, "_PACK_LIMIT", 0)
     assert pt.record_trace(structured_coalescent(*args, state_space=space)).digest() == packed
+
+
+def test_sfs_builds_its_reward_matrix_once_per_trace(monkeypatch):
+    """The layout search and the reward matrix are kept on the trace; what sfs_rewards
+    hands out is the caller's own copy."""
+    from phasetrace import spectrum
+
+    trace = pt.record_trace(kingman(6))
+    calls = []
+    real = spectrum.sfs_layout
+    monkeypatch.setattr(spectrum, "sfs_layout", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = sfs(trace, [1.0])
+    for _ in range(3):
+        assert np.array_equal(sfs(trace, [1.0]), first)
+    assert len(calls) == 1
+    mine = sfs_rewards(trace)
+    mine[:] = 0.0  # does not reach the kept matrix
+    assert np.array_equal(sfs(trace, [1.0]), first) and len(calls) == 1
+    assert sfs(trace, [1.0], n_demes=1).tolist() == first.tolist() and len(calls) == 2
+    with pytest.raises(ValueError, match="n_demes"):
+        sfs(trace, [1.0], n_demes=True)

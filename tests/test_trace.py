@@ -261,8 +261,9 @@ import numpy as np, phasetrace as pt
 from phasetrace import _kernel_impl as impl
 tr = pt.record_trace(pt.models.two_island(4))
 tr.moments([1.0, 0.5]); tr.moments(np.ones((20, 2)))
-hits = sum(impl.moments_chunk.stats.cache_hits.values())
-misses = sum(impl.moments_chunk.stats.cache_misses.values())
+entries = (impl._moments_chunk_1, impl._moments_chunk_16)
+hits = sum(sum(f.stats.cache_hits.values()) for f in entries)
+misses = sum(sum(f.stats.cache_misses.values()) for f in entries)
 print(hits, misses)
 """
 
@@ -281,3 +282,69 @@ def test_import_phasetrace_imports_neither_numba_nor_jax():
     code = "import sys, phasetrace; print(sorted({'numba', 'jax'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- saving is atomic (issue 19) -------------------------------------------------------------
+
+
+def _savez_that_fails_midway(file, **arrays):
+    """np.savez on a full disk: the start of the file is written, then ENOSPC."""
+    import errno
+
+    fh = open(file, "wb") if isinstance(file, str | os.PathLike) else file  # noqa: SIM115
+    fh.write(b"PK\x03\x04 the start of a zip")
+    fh.flush()
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_save_that_fails_midway_leaves_the_old_file_and_no_fragment(tmp_path, monkeypatch):
+    old = pt.record_trace(pt.models.kingman(4))
+    path = tmp_path / "t.npz"
+    assert old.save(path) == path
+    before = path.read_bytes()
+    monkeypatch.setattr(np, "savez", _savez_that_fails_midway)
+    with pytest.raises(OSError, match="No space"):
+        pt.record_trace(pt.models.two_island(3)).save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["t.npz"]
+    monkeypatch.undo()
+    assert Trace.load(path) == old
+
+
+def test_cli_trace_output_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch, capsys):
+    from phasetrace.cli import main
+
+    path = tmp_path / "k.npz"
+    monkeypatch.setenv("PHASETRACE_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["trace", "kingman:n=4", "-o", str(path)]) == 0
+    before = path.read_bytes()
+    monkeypatch.setattr(np, "savez", _savez_that_fails_midway)
+    assert main(["trace", "kingman:n=5", "-o", str(path)]) != 0
+    assert "No space left" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "k.npz"]
+
+
+def test_save_keeps_numpy_s_name_rule(tmp_path):
+    trace = pt.record_trace(pt.models.kingman(3))
+    assert trace.save(tmp_path / "plain") == tmp_path / "plain.npz"
+    assert trace.save(str(tmp_path / "named.npz")) == tmp_path / "named.npz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["named.npz", "plain.npz"]
+
+
+def test_one_theta_compiles_only_the_one_lane_kernel_and_models_share_it():
+    """First use: one θ needs (compiles, or loads from numba's cache) only the one-lane
+    specialisation, and traces with one or two parameters, freshly recorded or read back,
+    share it: no model makes numba compile the kernel again."""
+    code = (
+        "import numpy as np, phasetrace as pt\n"
+        "from phasetrace import _kernel_impl as impl\n"
+        "pt.record_trace(pt.models.two_island(4)).expectation([1.0, 0.5])\n"
+        "pt.sfs(pt.record_trace(pt.models.kingman(6)), [1.0])\n"
+        "print(len(impl._moments_chunk_1.signatures), len(impl._moments_chunk_16.signatures))\n"
+        "pt.record_trace(pt.models.kingman(6)).moments(np.ones((40, 1)))\n"
+        "print(len(impl._moments_chunk_1.signatures), len(impl._moments_chunk_16.signatures))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "0", "1", "1"]

@@ -15,12 +15,55 @@ from .errors import InvalidParameterError
 from .ops import VERTEX_ABSORBING, VERTEX_START, VERTEX_TRANSIENT
 
 
+def as_floats(value, what: str) -> np.ndarray:
+    """``value`` as a float64 array, refusing what a cast would change without a word:
+    complex numbers (the imaginary part), datetimes and durations (the unit), masked
+    arrays (the mask), text, and integers beyond float64.
+
+    Examples
+    --------
+    >>> as_floats([1, 2.5], "theta").tolist()
+    [1.0, 2.5]
+    >>> as_floats([1 + 2j], "theta")
+    Traceback (most recent call last):
+    ...
+    phasetrace.errors.InvalidParameterError: theta is complex (complex128): phasetrace takes ...
+    """
+    if np.ma.isMaskedArray(value):
+        raise InvalidParameterError(
+            f"{what} is a masked array, and its mask would be ignored: pass the rows you "
+            "mean as a plain array (e.g. np.ma.compress_rows), or .filled(value)"
+        )
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested lists, say
+        raise InvalidParameterError(f"{what} is not an array of numbers: {exc}") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise InvalidParameterError(
+            f"{what} is complex ({arr.dtype}): phasetrace takes real numbers (pass .real if "
+            "the imaginary parts are 0)"
+        )
+    if kind in "mM":
+        raise InvalidParameterError(
+            f"{what} holds {arr.dtype} values: convert them to plain numbers in the units "
+            "the model uses"
+        )
+    if kind in "USV":
+        raise InvalidParameterError(f"{what} holds {arr.dtype} values, not numbers")
+    try:
+        return arr.astype(np.float64, copy=False)
+    except OverflowError as exc:
+        raise InvalidParameterError(
+            f"{what} holds a number too large for float64 ({exc}); values must be finite"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"{what} is not an array of numbers: {exc}") from None
+
+
 def as_thetas(trace, theta) -> tuple[np.ndarray, bool]:
     """θ as a C-contiguous float64 array (B, n_params) and whether one θ was given."""
-    try:
-        th = np.asarray(theta, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"theta is not an array of numbers: {exc}") from None
+    th = as_floats(theta, "theta")
     single = th.ndim <= 1
     th = th.reshape(1, -1) if single else th
     if th.ndim != 2 or th.shape[1] != trace.n_params:
@@ -55,7 +98,7 @@ def as_rewards(trace, rewards) -> np.ndarray:
         return np.ones(n)
     if callable(rewards):
         return trace.rewards_from(rewards)
-    r = np.asarray(rewards, dtype=np.float64)
+    r = as_floats(rewards, "rewards")
     if r.shape != (n,):
         raise InvalidParameterError(
             f"rewards must have shape ({n},), one per vertex in trace.states order; got {r.shape}"
@@ -74,11 +117,7 @@ def as_reward_matrix(trace, rewards) -> tuple[np.ndarray, bool]:
     if isinstance(rewards, list | tuple) and rewards and all(callable(r) for r in rewards):
         return np.stack([as_rewards(trace, r) for r in rewards]), True
     if rewards is not None and not callable(rewards):
-        r = (
-            np.asarray(rewards, dtype=np.float64)
-            if not isinstance(rewards, np.ndarray)
-            else rewards
-        )
+        r = as_floats(rewards, "rewards") if not isinstance(rewards, np.ndarray) else rewards
         if r.ndim == 2:
             if r.shape[0] == 0:
                 raise InvalidParameterError("rewards: a matrix needs at least one row")
@@ -271,8 +310,10 @@ def _zero_pattern(trace, pos: np.ndarray) -> dict:
                 first = entering & reached[src]
                 undefined_edge = int(np.flatnonzero(first if first.any() else entering)[0])
         out.update(doomed=doomed, undefined=undefined, undefined_edge=undefined_edge)
-    if len(memo) >= ZERO_PATTERNS_KEPT:
-        memo.pop(next(iter(memo)))
+    # Threads may evict at the same time: list() copies the keys without letting another
+    # thread in, and pop() tolerates a key that another thread has just removed.
+    for old in list(memo)[: max(len(memo) - ZERO_PATTERNS_KEPT + 1, 0)]:
+        memo.pop(old, None)
     memo[key] = out
     return out
 

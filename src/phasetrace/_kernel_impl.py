@@ -374,24 +374,43 @@ def edge_gradient(grads, e0, e1, y, yR, yr, z, R, r, scale, g, L):
 LANE_CHOICES = (1, 16)
 
 
-@njit(**_JIT)
 def moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, lanes):
     """:func:`_moments_chunk` for ``lanes`` in :data:`LANE_CHOICES`.
 
-    The branches pass constants, so each specialisation is chosen when this function is
-    compiled, not on every call. ``vals``: a one-unit buffer of ``lanes`` θ, or (``full``,
-    one θ) every unit's values from :func:`replay_units`.
+    Each lane count has its own compiled entry point, chosen here in Python: a first call
+    compiles (or loads from numba's cache) only the specialisation it needs, so one θ
+    never waits for the 16-lane code. ``vals``: a one-unit buffer of ``lanes`` θ, or
+    (``full``, one θ) every unit's values from :func:`replay_units`.
     """
     if lanes == 1:
-        return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, 1)
-    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, False, 16)
+        return _moments_chunk_1(prog, tape, start, rewards, seq, fact, th, out, vals, full)
+    return _moments_chunk_16(prog, tape, start, rewards, seq, fact, th, out, vals)
 
 
 @njit(**_JIT)
+def _moments_chunk_1(prog, tape, start, rewards, seq, fact, th, out, vals, full):
+    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, 1)
+
+
+@njit(**_JIT)
+def _moments_chunk_16(prog, tape, start, rewards, seq, fact, th, out, vals):
+    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, False, 16)
+
+
 def jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, lanes):
     """:func:`_jacobian_chunk` for ``lanes`` in :data:`LANE_CHOICES` (as :func:`moments_chunk`)."""
     if lanes == 1:
-        return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, 1)
+        return _jacobian_chunk_1(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full)
+    return _jacobian_chunk_16(prog, tape, grads, start, rewards, fact, th, out, jac, vals)
+
+
+@njit(**_JIT)
+def _jacobian_chunk_1(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full):
+    return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, 1)
+
+
+@njit(**_JIT)
+def _jacobian_chunk_16(prog, tape, grads, start, rewards, fact, th, out, jac, vals):
     return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, False, 16)
 
 

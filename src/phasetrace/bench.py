@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 import phasetrace as pt
+from phasetrace._files import write_atomic
 
 __all__ = [
     "SCHEMA",
@@ -816,7 +817,7 @@ def _plot_speedup(result: dict[str, Any], path: Path) -> None:
         f"(load average {load[0]} → {load[1]})"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -839,7 +840,7 @@ def _plot_stages(result: dict[str, Any], path: Path) -> None:
     np.atleast_1d(axes)[-1].legend(fontsize="small")
     fig.suptitle("time per pipeline stage (last_run_stats().seconds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -892,8 +893,8 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike, stem: str 
     else:
         text += f"\n{note}\n"
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    md_path.write_text(text)
+    write_atomic(json_path, (json.dumps(result, indent=2) + "\n").encode())
+    write_atomic(md_path, text.encode())
     return [json_path, md_path, *pngs]
 
 

@@ -28,7 +28,12 @@ Directory layout
 ``<directory>/<key[:2]>/<key>``: one file per entry, sharded by the first two hex
 characters of the key. Files named ``.tmp-*`` inside a shard are writes in
 progress (or leftovers of a crashed writer; :meth:`DiskCache.prune` removes those
-older than one hour). Nothing else in the directory is touched.
+older than one hour). ``<directory>/CACHEDIR.TAG`` marks the directory as a
+phasetrace cache (written before the first entry; a Cache Directory Tagging
+Specification tag, so backup tools skip the directory): phasetrace writes into,
+prunes and clears only a directory so marked (or, from before markers, one that
+holds only shard directories with entries), and removes only the files above.
+Anything else in the directory is left alone.
 
 File format (version 1)
 -----------------------
@@ -89,11 +94,9 @@ import logging
 import math
 import os
 import re
-import shutil
 import stat
 import struct
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -105,6 +108,7 @@ from typing import Any
 
 import numpy as np
 
+from phasetrace._files import write_atomic
 from phasetrace.errors import CacheWarning, TraceFormatError
 
 __all__ = [
@@ -127,6 +131,18 @@ _ALIGN = 64
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 _SHARD_RE = re.compile(r"[0-9a-f]{2}")
 _TMP_PREFIX = ".tmp-"
+#: The file that marks a directory as a phasetrace cache: a tag of the Cache Directory
+#: Tagging Specification (https://bford.info/cachedir/, so backup tools skip the
+#: directory) that names phasetrace. ``clear`` and ``prune`` act only where it is.
+MARKER_NAME = "CACHEDIR.TAG"
+_MARKER_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+_MARKER_WORDS = b"phasetrace trace cache"
+_MARKER_TEXT = (
+    _MARKER_SIGNATURE + b"\n# This directory is a " + _MARKER_WORDS + b" (see "
+    b"https://bford.info/cachedir/).\n# `phasetrace cache clear` and `phasetrace cache "
+    b"prune` act only in directories marked by this file, and remove only what phasetrace "
+    b"wrote.\n"
+)
 _STALE_TMP_SECONDS = 3600.0
 # A full directory scan resyncs the running byte total (other processes write too).
 _RESCAN_EVERY = 256
@@ -591,6 +607,7 @@ class DiskCache:
         self._puts_since_scan = 0
         self._read_warned = False
         self._obstacle_warned = False
+        self._claimed = False  # the marker is known to be there
 
     def __repr__(self) -> str:
         state = f", disabled={self.disabled_reason!r}" if self.disabled else ""
@@ -629,7 +646,7 @@ class DiskCache:
         except (FileNotFoundError, NotADirectoryError):
             return None, False
         except _NotAnEntry as exc:
-            _warn(f"ignored {path}: {exc}; `phasetrace cache clear` removes it")
+            _warn(f"ignored {path}: {exc}; phasetrace did not write it and leaves it alone")
             return None, False
         except OSError as exc:
             self._warn_read_once(path, exc)
@@ -637,6 +654,9 @@ class DiskCache:
         try:
             arrays = decode_entry(data, key)
         except ValueError as exc:  # TraceFormatError, or anything else a bad file provokes
+            if self.not_a_cache() is not None:  # not ours to delete
+                _warn(f"ignored {path}: {exc}; it is not in a phasetrace cache directory")
+                return None, False
             _warn(f"dropped corrupt cache entry {path}: {exc}")
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -674,6 +694,8 @@ class DiskCache:
             return
         path = self.path_for(key)
         try:
+            if not self._claim():
+                return
             self._write_atomic(path, data)
         except OSError as exc:
             if exc.errno in _ENTRY_ERRNOS:  # something else sits where the entry goes
@@ -683,32 +705,84 @@ class DiskCache:
             return
         self._account(len(data))
 
+    def _claim(self) -> bool:
+        """Mark the directory as a phasetrace cache before the first write (creating it),
+        or turn writing off, with one warning, when it is not one: phasetrace does not
+        write into a directory that holds other things."""
+        if self._claimed:
+            return True
+        why = self.not_a_cache()
+        if why is not None:
+            with self._lock:
+                if self.disabled:
+                    return False
+                self.disabled, self.disabled_reason = True, why
+            _warn(
+                f"trace cache at {self.directory} is off: {why}. Point PHASETRACE_CACHE_DIR "
+                "(or cache_dir=) at a new or empty directory"
+            )
+            return False
+        marker = self.directory / MARKER_NAME
+        if not _is_marker(marker):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(marker, _MARKER_TEXT, durable=False)
+        self._claimed = True
+        return True
+
+    def not_a_cache(self) -> str | None:
+        """Why :attr:`directory` is not a phasetrace cache directory, or None when it is
+        one, or is absent or empty.
+
+        A cache directory holds the marker file :data:`MARKER_NAME` that phasetrace
+        writes before its first entry (or, written before markers existed, only shard
+        directories with phasetrace entries in them).
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> (d / "notes.txt").write_text("mine")
+        4
+        >>> DiskCache(d).not_a_cache()
+        '... has no CACHEDIR.TAG marker naming phasetrace, and it holds files phasetrace ...'
+        """
+        d = self.directory
+        try:
+            items = list(os.scandir(d))
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return f"{d} is not a directory"
+        except OSError as exc:
+            return f"{d} cannot be listed ({exc.strerror or exc})"
+        if not items or _is_marker(d / MARKER_NAME) or _is_unmarked_cache(items):
+            return None
+        return (
+            f"{d} has no {MARKER_NAME} marker naming phasetrace, and it holds files "
+            "phasetrace did not write"
+        )
+
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        # A concurrent clear() may remove the shard directory between mkdir and
-        # mkstemp; one retry covers that.
+        # A concurrent clear() may remove the shard directory between mkdir and the
+        # write; one retry covers that.
         for attempt in range(2):
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
-                break
-            except FileNotFoundError:
-                if attempt:
-                    raise
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                # No fsync: readers never see a partial file (os.replace is atomic), and an
-                # entry torn by a power loss fails its checksum and is recomputed. fsync
-                # per entry cost ~40 % of the cold hierarchical run on two_island(200).
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            # Windows refuses to replace a file another process has open; the
-            # entry is content-addressed, so the file already there is as good.
-            if os.name == "nt" and isinstance(exc, PermissionError) and path.is_file():
+                # Not durable (no fsync): readers never see a partial file (os.replace is
+                # atomic), and an entry torn by a power loss fails its checksum and is
+                # recomputed. fsync per entry cost ~40 % of the cold hierarchical run on
+                # two_island(200).
+                write_atomic(path, data, durable=False, mode=0o600, tmp_prefix=_TMP_PREFIX)
                 return
-            raise
+            except FileNotFoundError:
+                if attempt or path.parent.is_dir():
+                    raise
+            except PermissionError:
+                # Windows refuses to replace a file another process has open; the entry
+                # is content-addressed, so the file already there is as good.
+                if os.name == "nt" and path.is_file():
+                    return
+                raise
 
     def _skip_entry(self, path: Path, exc: OSError) -> None:
         with self._lock:
@@ -716,7 +790,7 @@ class DiskCache:
         if not warned:
             _warn(
                 f"cannot store cache entry {path} ({exc.strerror}): something that is not a "
-                "cache entry is in the way; `phasetrace cache clear` removes it"
+                "cache entry is in the way (phasetrace did not write it and leaves it alone)"
             )
 
     def _disable(self, exc: OSError) -> None:
@@ -789,19 +863,32 @@ class DiskCache:
                 if is_entry or item.name.startswith(_TMP_PREFIX):
                     yield item, is_entry
 
-    def _junk(self) -> list[Path]:
-        """Items named like entries that are not regular files (directories, links),
-        and shard names that are not real directories (links, files)."""
-        junk = [
-            Path(item.path)
-            for item, _ in self._named_items()
-            if not item.is_file(follow_symlinks=False)
-        ]
-        with contextlib.suppress(OSError):
-            for d in os.scandir(self.directory):
-                if _SHARD_RE.fullmatch(d.name) and not d.is_dir(follow_symlinks=False):
-                    junk.append(Path(d.path))
-        return junk
+    def _foreign(self) -> list[Path]:
+        """What phasetrace did not write: everything but the marker, real shard
+        directories, and regular files in them named like entries or temp files (a
+        directory or symbolic link named like an entry or a shard, any other file)."""
+        found: list[Path] = []
+        try:
+            top = list(os.scandir(self.directory))
+        except OSError:
+            return found
+        for d in top:
+            if d.name == MARKER_NAME and d.is_file(follow_symlinks=False):
+                continue
+            if not (_SHARD_RE.fullmatch(d.name) and d.is_dir(follow_symlinks=False)):
+                found.append(Path(d.path))
+                continue
+            try:
+                items = list(os.scandir(d.path))
+            except OSError:
+                continue
+            for item in items:
+                named = (
+                    _KEY_RE.fullmatch(item.name) and item.name[:2] == d.name
+                ) or item.name.startswith(_TMP_PREFIX)
+                if not (named and item.is_file(follow_symlinks=False)):
+                    found.append(Path(item.path))
+        return found
 
     def keys(self) -> list[str]:
         """The keys of the entries on disk (a full scan), sorted."""
@@ -819,15 +906,21 @@ class DiskCache:
             disabled_reason=self.disabled_reason,
         )
 
-    def prune(self, max_bytes: int | None = None) -> int:
+    def prune(
+        self, max_bytes: int | None = None, *, left: list[tuple[Path, str]] | None = None
+    ) -> int:
         """Delete least recently used entries until the store fits in ``max_bytes``.
 
-        Temp files older than an hour (left by crashed writers) are deleted too.
+        Temp files older than an hour (left by crashed writers) are deleted too. Nothing
+        is deleted in a directory that is not a phasetrace cache (:meth:`not_a_cache`).
 
         Parameters
         ----------
         max_bytes : int, optional
             The bound; defaults to the cache's ``max_bytes``.
+        left : list, optional
+            Receives ``(path, why)`` for each file that should have gone and could not
+            (a read-only disk, no permission), or the directory when it is not a cache.
 
         Returns
         -------
@@ -842,18 +935,23 @@ class DiskCache:
         >>> cache.prune(0) > 800, cache.info().entries
         (True, 0)
         """
+        why = self.not_a_cache()
+        if why is not None:
+            if left is not None:
+                left.append((self.directory, f"{why}; nothing was removed"))
+            return 0
         bound = self.max_bytes if max_bytes is None else max_bytes
         entries, temps = self._scan()
         freed = 0
         cutoff = time.time() - _STALE_TMP_SECONDS
         for tmp in temps:
-            if tmp.mtime < cutoff and _unlink(tmp.path):
+            if tmp.mtime < cutoff and _unlink(tmp.path, left):
                 freed += tmp.size
         total = sum(f.size for f in entries)
         for entry in sorted(entries, key=lambda f: f.mtime):
             if total <= bound:
                 break
-            removed = _unlink(entry.path)
+            removed = _unlink(entry.path, left)
             if removed is not None:  # removed by someone else still counts as gone
                 total -= entry.size
                 freed += entry.size if removed else 0
@@ -862,45 +960,68 @@ class DiskCache:
         return freed
 
     def clear(self) -> list[tuple[Path, str]]:
-        """Delete every entry, stale temp files, empty shard directories, and anything
-        named like an entry or a shard that is not one (a directory, a symbolic link:
-        the link itself is removed, never what it points to).
+        """Delete every entry, stale temp files and empty shard directories.
 
-        Temp files younger than an hour are left alone: they may be another
-        process's write in progress.
+        Only what phasetrace wrote is removed, and only in a phasetrace cache directory
+        (:meth:`not_a_cache`). Anything else found there (a directory or symbolic link
+        named like an entry or a shard, any other file) is left alone and listed, and
+        links are never followed. Temp files younger than an hour are left alone too:
+        they may be another process's write in progress.
 
         Returns
         -------
         list of (Path, str)
-            What could not be removed, and why (empty when the cache is clear).
+            What is still there and why: files that could not be removed, and what
+            phasetrace did not write (empty when the cache is clear).
         """
-        failures: list[tuple[Path, str]] = []
-        for junk in self._junk():
-            if (why := _remove_tree(junk)) is not None:
-                failures.append((junk, why))
-        self.prune(0)
-        for entry in self._scan()[0]:
-            try:
-                entry.path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                failures.append((entry.path, exc.strerror or str(exc)))
+        why = self.not_a_cache()
+        if why is not None:
+            return [(self.directory, f"{why}; nothing was removed")]
+        left = [(p, "not written by phasetrace, so left alone") for p in self._foreign()]
+        self.prune(0, left=left)
+        for entry in self._scan()[0]:  # written by another process meanwhile
+            _unlink(entry.path, left)
         with contextlib.suppress(OSError):
             for shard in os.scandir(self.directory):
                 if _SHARD_RE.fullmatch(shard.name) and shard.is_dir(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.rmdir(shard.path)  # fails, as meant, when not empty
-        return failures
+        return left
+
+
+def _is_marker(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding phasetrace's marker."""
+    try:
+        data = _read_regular_file(path, limit=4096)
+    except (OSError, _NotAnEntry):
+        return False
+    return data.startswith(_MARKER_SIGNATURE) and _MARKER_WORDS in data
+
+
+def _is_unmarked_cache(items: list[os.DirEntry]) -> bool:
+    """Whether a directory without the marker is a cache written before markers existed:
+    only shard directories, and an entry with phasetrace's magic among them."""
+    shards = [d for d in items if _SHARD_RE.fullmatch(d.name) and d.is_dir(follow_symlinks=False)]
+    if len(shards) != len(items):
+        return False
+    for shard in shards:
+        with contextlib.suppress(OSError):
+            for item in os.scandir(shard.path):
+                if _KEY_RE.fullmatch(item.name) and item.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError, _NotAnEntry):
+                        if _read_regular_file(Path(item.path), limit=8) == MAGIC:
+                            return True
+    return False
 
 
 class _NotAnEntry(Exception):
     pass
 
 
-def _read_regular_file(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file, never following a symbolic link
-    (a link to ``/dev/zero`` or to a file outside the cache is not read)."""
+def _read_regular_file(path: Path, limit: int = -1) -> bytes:
+    """The bytes of ``path`` (its first ``limit`` bytes) if it is a regular file, never
+    following a symbolic link (a link to ``/dev/zero`` or to a file outside the cache is
+    not read)."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
@@ -913,32 +1034,20 @@ def _read_regular_file(path: Path) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise _NotAnEntry("not a regular file")
-        return fh.read()
+        return fh.read(limit)
 
 
-def _remove_tree(path: Path) -> str | None:
-    """Remove a link, file or directory tree inside the cache without following links;
-    return why it could not be removed, or None."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # rmtree does not follow symbolic links inside the tree
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-def _unlink(path: Path) -> bool | None:
-    """Delete ``path``: True if deleted, False if already gone, None if it cannot be."""
+def _unlink(path: Path, left: list[tuple[Path, str]] | None = None) -> bool | None:
+    """Delete ``path``: True if deleted, False if already gone, None if it cannot be
+    (then ``(path, why)`` goes to ``left``)."""
     try:
         path.unlink()
     except FileNotFoundError:
         return False
     except OSError as exc:
         _log.debug("cannot delete %s: %s", path, exc)
+        if left is not None:
+            left.append((path, exc.strerror or str(exc)))
         return None
     return True
 

@@ -14,7 +14,10 @@ MODEL is a built-in model with ``key=value`` arguments (``two_island:n=50``,
 ``kingman:n=50,state_space=lineages``, ``random_graph:n_vertices=200,n_sccs=20,seed=1``),
 a JSON graph file written by :meth:`phasetrace.Graph.to_json`, or
 ``path/to/file.py:function`` naming a function that takes no arguments and returns a
-:class:`phasetrace.Graph`.
+:class:`phasetrace.Graph` (the file is imported to get it, so its top-level code runs:
+give only files you trust; a function that is not defined there is refused before
+anything runs). A list argument is written in brackets:
+``'structured_coalescent:samples=[10,10]'``.
 
 Errors are printed to stderr as one line, ``phasetrace: error: ...``, and the exit
 status is 1 (2 for a command line that does not parse); ``--debug`` shows the
@@ -24,17 +27,20 @@ traceback instead, and DEBUG logging.
 from __future__ import annotations
 
 import argparse
+import array
+import ast
 import contextlib
 import csv
 import importlib.util
 import inspect
+import itertools
 import logging
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +119,51 @@ def format_size(n: int) -> str:
 
 
 def _builtin_models() -> dict[str, Callable[..., pt.Graph]]:
-    return {name: getattr(pt.models, name) for name in pt.models.GRAPH_MODELS}
+    """The functions of :mod:`phasetrace.models` that build a graph (not the helpers
+    beside them, such as ``structured_parameters``)."""
+    out = {}
+    for name in pt.models.__all__:
+        fn = getattr(pt.models, name)
+        if inspect.signature(fn).return_annotation in ("Graph", pt.Graph):
+            out[name] = fn
+    return out
+
+
+def _is_sequence(param: inspect.Parameter) -> bool:
+    return any(word in str(param.annotation) for word in ("Sequence", "list", "tuple"))
+
+
+def _example_value(param: inspect.Parameter) -> str:
+    if _is_sequence(param):
+        return "[10,10]"
+    return {int: "20", float: "0.5", bool: "true"}.get(_expected_type(param), "x")
+
+
+def _example(name: str, fn: Callable[..., Any]) -> str:
+    """A spec of model ``name`` that works: its required arguments with example values."""
+    required = [p for p in inspect.signature(fn).parameters.values() if p.default is p.empty]
+    args = ",".join(f"{p.name}={_example_value(p)}" for p in required)
+    return f"{name}:{args}" if args else name
+
+
+def _split_args(text: str) -> list[str]:
+    """``a=1,b=[2,3]`` → ``["a=1", "b=[2,3]"]``: commas inside brackets stay."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
 
 
 def _parse_value(text: str) -> Any:
-    """``20`` → int, ``0.5`` → float, ``true``/``false`` → bool, anything else stays text."""
+    """``20`` → int, ``0.5`` → float, ``true``/``false`` → bool, ``[10,10]`` → a list of
+    those, anything else stays text."""
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [_parse_value(v.strip()) for v in _split_args(inner)] if inner else []
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -129,14 +175,14 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _parse_model_args(name: str, text: str) -> dict[str, Any]:
+def _parse_model_args(name: str, text: str, fn: Callable[..., Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in _split_args(text))):
         key, eq, value = part.partition("=")
         if not eq or not key.strip() or not value.strip():
             raise CLIError(
-                f"model argument {part!r} of {name!r} is not key=value; "
-                f"write e.g. {name}:n=20 (several: {name}:n=20,seed=1)"
+                f"model argument {part!r} of {name!r} is not key=value; write e.g. "
+                f"{_example(name, fn)} (several arguments are separated by commas)"
             )
         kwargs[key.strip()] = _parse_value(value.strip())
     return kwargs
@@ -156,6 +202,13 @@ def _expected_type(param: inspect.Parameter) -> type | None:
 
 
 def _coerce(name: str, param: inspect.Parameter, value: Any) -> Any:
+    if _is_sequence(param):
+        if not isinstance(value, list):
+            raise CLIError(
+                f"model {name!r}: {param.name} is a list, got {value!r} (e.g. "
+                f"'{name}:{param.name}=[10,10]', quoted for the shell)"
+            )
+        return value
     kind = _expected_type(param)
     if (
         kind is None
@@ -184,9 +237,7 @@ def _call_builtin(name: str, fn: Callable[..., pt.Graph], kwargs: dict[str, Any]
         )
     required = [p for p in params.values() if p.default is p.empty and p.name not in kwargs]
     if required:
-        raise CLIError(
-            f"model {name!r} needs {required[0].name}=..., e.g. {name}:{required[0].name}=20"
-        )
+        raise CLIError(f"model {name!r} needs {required[0].name}=..., e.g. {_example(name, fn)}")
     kwargs = {k: _coerce(name, params[k], v) for k, v in kwargs.items()}
     given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
@@ -210,9 +261,56 @@ def _is_file(path: Path, exists: bool = False) -> bool:
         raise CLIError(f"model file {str(path)!r}: {exc.strerror or exc}") from None
 
 
+def _top_level_names(tree: ast.Module) -> set[str] | None:
+    """Names a module binds at its top level (in ``if``/``try``/``with`` blocks too), or
+    None when it may bind others that cannot be seen without running it (``import *``,
+    ``globals()``, ``exec``)."""
+    names: set[str] = set()
+    body = list(tree.body)
+    while body:
+        node = body.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            for field in ("body", "orelse", "finalbody"):
+                body.extend(getattr(node, field, []))
+            body.extend(h for handler in getattr(node, "handlers", []) for h in handler.body)
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.For | ast.With):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    names.add(sub.id)
+    for sub in ast.walk(tree):
+        if isinstance(sub, ast.Name) and sub.id in ("globals", "exec", "setattr", "vars"):
+            return None
+        if isinstance(sub, ast.NamedExpr) and isinstance(sub.target, ast.Name):
+            names.add(sub.target.id)
+    return names
+
+
 def _load_python_model(path: Path, func: str) -> pt.Graph:
     if not _is_file(path):
         raise CLIError(f"model file {str(path)!r} does not exist")
+    # Running the file runs its top-level code: say so, and first make sure that the
+    # function is there, so a misspelt name runs nothing.
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CLIError(f"{path}: cannot be read as Python ({exc}); nothing was run") from exc
+    names = _top_level_names(tree)
+    if not func.isidentifier() or (names is not None and func not in names):
+        functions = sorted(
+            n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        )
+        listed = ", ".join(functions) if functions else "none"
+        raise CLIError(
+            f"{path} has no function {func!r} at its top level (its functions: {listed}); "
+            "nothing was run"
+        )
     module_name = f"_phasetrace_model_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -301,7 +399,7 @@ def load_model(spec: str) -> pt.Graph:
     name, _, args = spec.partition(":")
     models = _builtin_models()
     if name in models:
-        return _call_builtin(name, models[name], _parse_model_args(name, args))
+        return _call_builtin(name, models[name], _parse_model_args(name, args, models[name]))
     if os.sep in spec or "/" in spec:
         raise CLIError(f"model file {spec!r} does not exist")
     raise CLIError(
@@ -363,18 +461,32 @@ def parse_theta(text: str, n_params: int) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def _data_rows(lines: Sequence[str], name: str) -> list[tuple[int, list[str]]]:
+def _lines(text: str | Iterable[str]) -> Iterator[str]:
+    """The lines of ``text`` one at a time (a file object is read as it goes): a CSV of
+    10⁷ rows is never held as a list of lines."""
+    if not isinstance(text, str):
+        yield from text
+        return
+    pos, n = 0, len(text)
+    while pos < n:
+        end = text.find("\n", pos)
+        end = n if end < 0 else end
+        yield text[pos:end].removesuffix("\r")
+        pos = end + 1
+
+
+def _data_rows(text: str | Iterable[str], name: str) -> Iterator[tuple[int, list[str]]]:
     """CSV rows with their line numbers; blank lines and ``#`` comments skipped."""
-    rows = []
-    reader = csv.reader(lines)
+    reader = csv.reader(_lines(text))
     try:
-        for lineno, row in enumerate(reader, start=1):
+        for row in reader:
             if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
                 continue
-            rows.append((lineno, [f.strip() for f in row]))
+            yield reader.line_num, [f.strip() for f in row]
     except csv.Error as exc:
         raise CLIError(f"{name}: line {reader.line_num}: {exc}") from None
-    return rows
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{name}: line {reader.line_num + 1} is not UTF-8 text ({exc})") from None
 
 
 def _state_entries(fields: Sequence[str], where: str) -> list[int] | None:
@@ -398,30 +510,82 @@ def _state_entries(fields: Sequence[str], where: str) -> list[int] | None:
     return out
 
 
-def _is_header(fields: Sequence[str]) -> bool:
-    try:
-        [float(f) for f in fields]
-    except ValueError:
-        return True
-    return False
+#: A field that starts like a number (``1x``, ``-2.5e``, ``.5?``) is a number written
+#: wrongly, not a column name.
+_NUMBER_START = re.compile(r"[-+]?(?:\d|\.\d)")
 
 
-def _read_text(path: str, what: str) -> str:
+def _is_names(fields: Sequence[str]) -> bool:
+    """Whether a first row is column names: none of its fields is a number, or starts
+    like one."""
+    for f in fields:
+        if _NUMBER_START.match(f):
+            return False
+        try:
+            float(f)
+        except ValueError:
+            continue
+        return False
+    return True
+
+
+def _take_header(
+    rows: Iterator[tuple[int, list[str]]],
+    header: bool | None,
+    name: str,
+    notes: list[str] | None,
+) -> tuple[tuple[int, list[str]] | None, tuple[int, list[str]] | None]:
+    """``(header row or None, first data row or None)``: the first row is a header when
+    ``header`` is True, or when it is None and every field of it is a name."""
+    first = next(rows, None)
+    if first is None or header is False:
+        return None, first
+    if header is None and not _is_names(first[1]):
+        return None, first
+    if notes is not None and header is None:
+        notes.append(
+            f"{name}: line {first[0]} read as a header (column names "
+            f"{', '.join(first[1])}), since no field of it is a number; pass --header to "
+            "say so"
+        )
+    return first, next(rows, None)
+
+
+@contextlib.contextmanager
+def _open_text(path: str, what: str) -> Iterator[Iterable[str]]:
+    """The lines of a file (``-``: standard input), read as they are used."""
     if path == "-":
-        return sys.stdin.read()
+        yield sys.stdin
+        return
     try:
-        return Path(path).read_text(encoding="utf-8")
+        fh = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
         raise CLIError(f"{what} file {path!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CLIError(f"cannot read {what} file {path!r}: {exc}") from None
+    except OSError as exc:
+        raise CLIError(f"cannot read {what} file {path!r}: {exc.strerror or exc}") from None
+    with fh:
+        try:
+            yield fh
+        except OSError as exc:
+            raise CLIError(f"cannot read {what} file {path!r}: {exc.strerror or exc}") from None
 
 
-def read_thetas(text: str, n_params: int, name: str = "thetas") -> tuple[list[str], np.ndarray]:
+def read_thetas(
+    text: str | Iterable[str],
+    n_params: int,
+    name: str = "thetas",
+    *,
+    header: bool | None = None,
+    notes: list[str] | None = None,
+) -> tuple[list[str], np.ndarray]:
     """Parse a CSV of θ rows: one row per θ, ``n_params`` numbers each.
 
-    An optional first row of column names is kept (default names ``theta_1``, …);
-    blank lines and lines starting with ``#`` are skipped.
+    The first row is column names when ``header`` is True, or when ``header`` is None
+    and none of its fields is a number (``c,m``; then a note saying so goes to
+    ``notes``); default names are ``theta_1``, …. A field that is not a number anywhere
+    else is an error, never a dropped row. Blank lines and lines starting with ``#`` are
+    skipped. ``text`` may be a file object: it is read row by row, and only the numbers
+    are kept (8 bytes each).
 
     Returns
     -------
@@ -432,38 +596,51 @@ def read_thetas(text: str, n_params: int, name: str = "thetas") -> tuple[list[st
     >>> names, th = read_thetas("c,m\\n1,0.5\\n2,0.25\\n", 2)
     >>> names, th.tolist()
     (['c', 'm'], [[1.0, 0.5], [2.0, 0.25]])
+    >>> read_thetas("1,0.5x\\n2,0.25\\n", 2)
+    Traceback (most recent call last):
+    ...
+    phasetrace.cli.CLIError: thetas line 1: '0.5x' is not a number
     >>> read_thetas("1,0.5\\n2\\n", 2)
     Traceback (most recent call last):
     ...
     phasetrace.cli.CLIError: thetas line 2: 1 value(s), expected 2 (one per parameter)
     """
-    rows = _data_rows(text.splitlines(), name)
+    rows = _data_rows(text, name)
     names = [f"theta_{i + 1}" for i in range(n_params)]
-    if rows and _is_header(rows[0][1]):
-        lineno, header = rows.pop(0)
-        if len(header) != n_params:
+    head, first = _take_header(rows, header, name, notes)
+    if head is not None:
+        lineno, fields = head
+        if len(fields) != n_params:
             raise CLIError(
-                f"{name} line {lineno}: header has {len(header)} column(s), expected {n_params}"
+                f"{name} line {lineno}: header has {len(fields)} column(s), expected {n_params}"
             )
-        names = header
-    if not rows:
+        names = fields
+    if first is None:
         raise CLIError(f"{name}: no θ rows found (one row of {n_params} numbers per θ)")
-    thetas = []
-    for lineno, fields in rows:
+    values = array.array("d")
+    for lineno, fields in itertools.chain([first], rows):
         if len(fields) != n_params:
             raise CLIError(
                 f"{name} line {lineno}: {len(fields)} value(s), expected {n_params} "
                 "(one per parameter)"
             )
-        thetas.append(_floats(fields, f"{name} line {lineno}"))
-    return names, np.array(thetas, dtype=np.float64)
+        values.extend(_floats(fields, f"{name} line {lineno}"))
+    return names, np.frombuffer(values, dtype=np.float64).reshape(-1, n_params)
 
 
-def read_rewards(text: str, trace: pt.Trace, name: str = "rewards") -> np.ndarray:
+def read_rewards(
+    text: str | Iterable[str],
+    trace: pt.Trace,
+    name: str = "rewards",
+    *,
+    header: bool | None = None,
+    notes: list[str] | None = None,
+) -> np.ndarray:
     """Parse a rewards file into a vector in the trace's vertex order.
 
-    Two layouts are accepted (blank lines and ``#`` comments are skipped, and a header
-    row is allowed):
+    Two layouts are accepted (blank lines and ``#`` comments are skipped; the first row
+    is a header when ``header`` is True, or when it is None and none of its fields is a
+    number, and then a note goes to ``notes``):
 
     * one number per line, one line per vertex, in the order ``phasetrace states``
       prints (the trace's order);
@@ -481,9 +658,9 @@ def read_rewards(text: str, trace: pt.Trace, name: str = "rewards") -> np.ndarra
     >>> read_rewards("k,reward\\n3,3\\n2,2\\n", tr).tolist()
     [0.0, 3.0, 2.0, 0.0]
     """
-    rows = _data_rows(text.splitlines(), name)
-    if rows and _is_header(rows[0][1]):
-        rows.pop(0)
+    all_rows = _data_rows(text, name)
+    _, first = _take_header(all_rows, header, name, notes)
+    rows = [] if first is None else [first, *all_rows]
     if not rows:
         raise CLIError(f"{name}: no reward values found")
     n, width = trace.n_vertices, trace.states.shape[1]
@@ -611,19 +788,30 @@ def _cmd_moments(args: argparse.Namespace) -> int:
         raise CLIError(f"-k must be a positive integer, got {args.k}")
     trace = _load_trace(args.trace)
     rewards = None
+    notes: list[str] = []
+    header = True if args.header else None
     if args.rewards:
-        rewards = read_rewards(_read_text(args.rewards, "rewards"), trace, args.rewards)
+        with _open_text(args.rewards, "rewards") as lines:
+            rewards = read_rewards(lines, trace, args.rewards, header=header, notes=notes)
     if args.theta is not None:
+        _print_notes(notes)
         theta = parse_theta(args.theta, trace.n_params)
         _print_single(theta, trace.moments(theta, k=args.k, rewards=rewards), rewards is not None)
         return 0
-    names, thetas = read_thetas(_read_text(args.thetas, "thetas"), trace.n_params, args.thetas)
+    with _open_text(args.thetas, "thetas") as lines:
+        names, thetas = read_thetas(lines, trace.n_params, args.thetas, header=header, notes=notes)
+    _print_notes(notes)
     moments = trace.moments(thetas, k=args.k, rewards=rewards)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow([*names, *(f"moment_{j}" for j in range(1, args.k + 1))])
     for th, m in zip(thetas, moments, strict=True):
         writer.writerow([repr(float(x)) for x in (*th, *m)])
     return 0
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"phasetrace: note: {note}", file=sys.stderr)
 
 
 def _print_single(theta: np.ndarray, moments: np.ndarray, rewarded: bool) -> None:
@@ -727,9 +915,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         return 0
     if args.action == "verify":
         return _cmd_verify(cache, args.recompute)
-    failures = cache.clear() if args.action == "clear" else []
-    if args.action == "prune":
-        cache.prune(max_bytes)
+    why = cache.not_a_cache()
+    if why is not None:
+        raise CLIError(f"{why}: nothing was removed (phasetrace removes only what it wrote)")
+    if args.action == "clear":
+        left = cache.clear()
+    else:
+        left = []
+        cache.prune(max_bytes, left=left)
     after = cache.info()
     removed = before.entries - after.entries
     freed = before.total_bytes - after.total_bytes
@@ -737,9 +930,11 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({format_size(freed)}) "
         f"from {cache.directory}; {after.entries} left ({format_size(after.total_bytes)})"
     )
-    if failures:
-        path, why = failures[0]
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    if left:
+        for path, why in left[:20]:
+            print(f"  still there: {path}: {why}", file=sys.stderr)
+        path, why = left[0]
+        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
         raise CLIError(f"could not remove {path}: {why}{more}")
     return 0
 
@@ -791,11 +986,15 @@ def _add_trace(sub, common) -> None:
         "MODEL is one of:\n"
         "  two_island:n=50                           a built-in model with key=value arguments\n"
         "  kingman:n=50,state_space=lineages         (built-ins: "
-        + ", ".join(pt.models.GRAPH_MODELS)
+        + ", ".join(_builtin_models())
         + ")\n"
         "  random_graph:n_vertices=200,n_sccs=20,seed=1\n"
+        "  'structured_coalescent:samples=[10,10]'   a list argument, quoted for the shell\n"
         "  graph.json                                a graph written by Graph.to_json()\n"
-        "  path/to/model.py:build                    a function returning a phasetrace.Graph\n\n"
+        "  path/to/model.py:build                    a function returning a phasetrace.Graph;\n"
+        "                                            the file is imported to get it, so its\n"
+        "                                            top-level code runs: give only files you\n"
+        "                                            trust\n\n"
         "example:\n  phasetrace trace two_island:n=50 -o two_island.npz --strategy loky -j 2",
         common,
     )
@@ -826,11 +1025,14 @@ def _add_moments(sub, common) -> None:
         "evaluate moments of a saved trace",
         "Evaluate E[T], E[T^2], ..., E[T^k] (or of the reward-weighted time Y) for one θ,\n"
         "or for every row of a CSV file (moments written as CSV to stdout).\n\n"
-        "--thetas FILE.csv: one θ per row, comma-separated, optional header row,\n"
-        "  '#' comments; '-' reads stdin. Output columns: the θ columns, moment_1..moment_k.\n"
+        "--thetas FILE.csv: one θ per row, comma-separated, '#' comments; '-' reads stdin.\n"
+        "  Output columns: the θ columns, moment_1..moment_k.\n"
         "--rewards FILE: either one reward per line, one line per vertex in the order\n"
         "  `phasetrace states TRACE` prints, or CSV rows 'state_1,...,state_L,reward'\n"
-        "  (vertices not listed get 0).\n\n"
+        "  (vertices not listed get 0).\n"
+        "Header rows: the first row of these files is taken as column names with --header,\n"
+        "  or when none of its fields is a number (a note on stderr says so); a field that\n"
+        "  is not a number anywhere else is an error.\n\n"
         "examples:\n"
         "  phasetrace moments two_island.npz --theta 1,0.5 -k 3\n"
         "  phasetrace moments two_island.npz --thetas thetas.csv -k 2 > moments.csv",
@@ -842,6 +1044,11 @@ def _add_moments(sub, common) -> None:
     which.add_argument("--thetas", metavar="FILE.csv", help="many parameter vectors, one a row")
     p.add_argument("-k", type=int, default=1, help="highest moment (default 1)")
     p.add_argument("--rewards", metavar="FILE", help="reward per vertex (see above)")
+    p.add_argument(
+        "--header",
+        action="store_true",
+        help="the first row of --thetas and --rewards files is column names",
+    )
     p.set_defaults(handler=_cmd_moments)
 
 

@@ -65,6 +65,11 @@ DEFAULT_TOL = 1e-10
 DEFAULT_MAX_STEPS = 10_000_000
 #: Relative tolerance of :func:`quantile`'s root finder (on ``t``).
 QUANTILE_RTOL = 1e-12
+#: Newton or bisection steps a quantile may take once bracketed (bisection alone closes
+#: any bracket of positive floats to QUANTILE_RTOL in about 100).
+QUANTILE_MAX_ITERATIONS = 400
+#: The distribution function's absolute error cannot be bounded below this.
+_SMALLEST_BUDGET = 1e-300
 
 # Shares of the error budget ε: Poisson truncation, early stop of the sequence, and mass
 # flushed to zero (entries below a threshold, so that dead vertices cost nothing).
@@ -801,6 +806,13 @@ def quantile(trace, p, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=D
     # One error budget for all p: tight enough to resolve the tails that are asked for.
     inner = flat[(flat > 0) & (flat < 1)]
     budget = min(tol, 1e-3 * float(np.minimum(inner, 1.0 - inner).min())) if inner.size else tol
+    if budget < _SMALLEST_BUDGET:
+        smallest = float(inner.min())
+        raise InvalidParameterError(
+            f"p={smallest!r} is too small to resolve: a quantile needs the distribution "
+            f"function to within p/1000, and its error bound cannot go below "
+            f"{_SMALLEST_BUDGET} (give p >= {1000 * _SMALLEST_BUDGET:g})"
+        )
     out = np.empty((th.shape[0], flat.size))
     for b in range(th.shape[0]):
         chain = _Chain(trace, th[b], r, budget, False, max_steps)
@@ -816,41 +828,90 @@ def quantile(trace, p, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=D
 
 
 def _quantile_one(chain: _Chain, p: float) -> float:
+    """The smallest ``t`` with ``F(t) >= p``, for ``F(0) < p < 1``.
+
+    The tail that is asked for is matched in log scale: ``log F(t) = log p`` in
+    ``u = log t`` for ``p <= 1/2`` (near 0, ``F(t) ≈ c·t^k`` is a line there, so Newton
+    steps land at once however small ``p`` is), ``log P(T > t) = log(1 − p)`` in ``t``
+    above (an exponential tail is a line there). Newton steps are kept inside a bracket
+    and replaced by bisection when they leave it; a search that does not close the
+    bracket to a relative width of ``QUANTILE_RTOL`` raises rather than return a guess.
+    """
     upper = p > 0.5
 
-    def g(t):  # increasing in t, root at the quantile; and its derivative
+    def g(x: float) -> tuple[float, float]:
+        """Increasing in ``x`` with its root at the quantile, and its derivative."""
+        t = x if upper else math.exp(x)
         sf_, cdf_, pdf_ = chain.evaluate(np.array([t]))[:, 0]
-        return ((1.0 - p) - sf_ if upper else cdf_ - p), pdf_
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if upper:  # −log P(T > t) rises with t; its slope is the hazard f/S
+                return (log_target - _log(sf_), pdf_ / sf_ if sf_ > 0 else math.inf)
+            return (_log(cdf_) - log_target, t * pdf_ / cdf_ if cdf_ > 0 else math.inf)
 
-    g0, _ = g(0.0)
-    if g0 >= 0:
+    def tail_reached(t: float) -> bool:
+        sf_, cdf_, _ = chain.evaluate(np.array([t]))[:, 0]
+        return (1.0 - p) >= sf_ if upper else cdf_ >= p
+
+    if tail_reached(0.0):
         return 0.0
-    lo, hi = 0.0, 1.0 / chain.lam
-    while True:
-        ghi, _ = g(hi)
-        if ghi >= 0:
-            break
-        lo, hi = hi, 2.0 * hi
-    t = 0.5 * (lo + hi)
-    for _ in range(200):
-        if hi - lo <= QUANTILE_RTOL * hi:
-            break
-        gt, dg = g(t)
-        if gt == 0.0:
-            return t
-        if gt < 0:
-            lo = t
+    log_target = math.log1p(-p) if upper else math.log(p)
+    # Bracket [lo, hi] in t: from 1/λ, up by doubling, or down by squared factors (2,
+    # 4, 16, 256, ...: a dozen steps reach the smallest float).
+    t0 = 1.0 / chain.lam
+    if tail_reached(t0):
+        hi, factor = t0, 2.0
+        while True:
+            lo = max(hi / factor, _TINIEST)
+            if not tail_reached(lo):
+                break
+            if lo == _TINIEST:  # at or below the smallest positive float
+                return lo
+            hi, factor = lo, min(factor * factor, 2.0**256)
+    else:
+        lo, hi = t0, 2.0 * t0
+        while not tail_reached(hi):
+            lo, hi = hi, 2.0 * hi
+            if not math.isfinite(hi):
+                raise InvalidParameterError(
+                    f"the quantile at p={p!r} lies beyond the largest float: F(t) < p at "
+                    f"every t up to {lo:.6g}"
+                )
+    # Safeguarded Newton in x (log t below the median, t above).
+    x_lo, x_hi = (lo, hi) if upper else (math.log(lo), math.log(hi))
+    x = x_hi
+    for _ in range(QUANTILE_MAX_ITERATIONS):
+        t_lo, t_hi = (x_lo, x_hi) if upper else (math.exp(x_lo), math.exp(x_hi))
+        if t_hi - t_lo <= QUANTILE_RTOL * t_hi:
+            return 0.5 * (t_lo + t_hi)
+        gx, dg = g(x)
+        if gx == 0.0:
+            return x if upper else math.exp(x)
+        if gx < 0:
+            x_lo = x
         else:
-            hi = t
-        step = gt / dg if dg > 0 else math.inf
-        newton = t - step
-        if lo < newton < hi:
-            if abs(step) <= QUANTILE_RTOL * t:
-                return newton
-            t = newton
+            x_hi = x
+        step = gx / dg if 0 < dg < math.inf else math.inf
+        newton = x - step
+        if x_lo < newton < x_hi:
+            t = newton if upper else math.exp(newton)
+            if abs(step) <= QUANTILE_RTOL * (abs(newton) if upper else 1.0):
+                return t
+            x = newton
         else:
-            t = 0.5 * (lo + hi)
-    return 0.5 * (lo + hi)
+            x = 0.5 * (x_lo + x_hi)
+    raise InvalidParameterError(
+        f"the quantile at p={p!r} did not converge in {QUANTILE_MAX_ITERATIONS} steps (it "
+        f"lies between {math.exp(x_lo) if not upper else x_lo:.17g} and "
+        f"{math.exp(x_hi) if not upper else x_hi:.17g}); the distribution function is "
+        "not resolved finely enough there: lower tol"
+    )
+
+
+_TINIEST = math.ulp(0.0)  # the smallest positive float
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
 
 
 # -- derivatives in θ ----------------------------------------------------------------------

@@ -20,8 +20,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 import numpy as np
 
@@ -112,6 +114,8 @@ def _local_program(arr, n_params: int):
     fma = code == FMA
     n_edges = arr["input_base"].size
     coef = np.asarray(arr["input_coef"], dtype=np.float64).reshape(n_edges, n_params)
+    # A copy always (coef.T of one parameter is a view of the read-only trace array): the
+    # kernel's signature, and so what numba compiles, must not depend on n_params.
     prog = (
         unit_optr,
         unit_eptr,
@@ -122,7 +126,7 @@ def _local_program(arr, n_params: int):
         np.ascontiguousarray(arr["consts"], dtype=np.float64),
         _i32(local[sum_args]),
         np.ascontiguousarray(arr["input_base"], dtype=np.float64),
-        np.ascontiguousarray(coef.T),
+        np.array(coef.T, order="C"),
     )
     return prog, local
 
@@ -181,9 +185,50 @@ def compiled(trace) -> CompiledTrace:
 
 
 # -- threads --------------------------------------------------------------------------------
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+#: A piece of the work is evaluated in chunks that take about this long (the first chunk is
+#: one block of θ; later ones are sized from the time it took), so that an interrupt stops
+#: the kernel's threads within about that time.
+CHUNK_SECONDS = 0.1
+#: The next chunk is at most this many times the last (a first chunk's time is noisy).
+CHUNK_GROWTH = 8
+
+# Kernel threads: daemons that take tasks from one queue and are never replaced, so any
+# number of threads may call the kernel at once, before and after configure() changes
+# the thread count (the pool only grows). A forked child starts without them.
+_tasks: queue.SimpleQueue = queue.SimpleQueue()
+_threads_started: list[threading.Thread] = []
 _pool_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """The child of a fork has none of the parent's threads: start afresh on first use."""
+    global _tasks, _threads_started, _pool_lock
+    _tasks, _threads_started, _pool_lock = queue.SimpleQueue(), [], threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _serve(tasks: queue.SimpleQueue) -> None:
+    while True:
+        job, piece = tasks.get()
+        job.run(piece)
+
+
+def _ensure_threads(n: int) -> queue.SimpleQueue:
+    """At least ``n`` kernel threads; returns the queue they serve."""
+    with _pool_lock:
+        while len(_threads_started) < n:
+            t = threading.Thread(
+                target=_serve,
+                args=(_tasks,),
+                name=f"phasetrace-kernel-{len(_threads_started)}",
+                daemon=True,  # an interrupted call leaves none running at exit
+            )
+            t.start()
+            _threads_started.append(t)
+        return _tasks
 
 
 def _threads() -> int:
@@ -210,23 +255,107 @@ def _pieces(batch: int, rewards: int) -> list[tuple[slice, slice]]:
     return [(slice(0, batch), slice(lo, hi)) for lo, hi in itertools.pairwise(cuts)]
 
 
-def _run(fn, pieces: list[tuple]) -> None:
-    """Run ``fn(*piece)`` for every piece, in parallel on the kernel's threads."""
-    if len(pieces) == 1:
-        fn(*pieces[0])
+class _Job:
+    """One call's pieces on the kernel threads: the first error, how many pieces are
+    left, and ``stop``, set when the caller gives up or a piece fails (the chunks not yet
+    started are then skipped)."""
+
+    def __init__(self, fn, n: int) -> None:
+        self.fn = fn
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        self.errors: list[BaseException] = []
+        self._left = n
+        self._lock = threading.Lock()
+
+    def forget(self, n: int) -> None:
+        """``n`` pieces will not come (the caller was interrupted before queueing them)."""
+        self._finished(n)
+
+    def _finished(self, n: int) -> None:
+        with self._lock:
+            self._left -= n
+            if self._left <= 0:
+                self.done.set()
+
+    def run(self, piece) -> None:
+        """Run one piece on a kernel thread (never raises: errors go to the caller)."""
+        try:
+            if not self.stop.is_set():
+                _run_piece(self.fn, piece, self.stop)
+        except BaseException as exc:  # handed to the calling thread
+            self.errors.append(exc)
+            self.stop.set()
+        finally:
+            self._finished(1)
+
+
+def _run_piece(fn, piece: tuple, stop: threading.Event | None) -> None:
+    """``fn(*piece)``, in chunks of about :data:`CHUNK_SECONDS` when the piece is a pair
+    of slices (θ, reward vectors), none started once ``stop`` is set.
+
+    Between chunks the interpreter runs signal handlers, so Ctrl-C reaches a caller that
+    runs the kernel in its own thread within about a chunk. Each θ and each reward vector
+    is evaluated on its own, so chunking does not change a bit of the results.
+    """
+    ths, rs = piece
+    if not isinstance(ths, slice):
+        fn(*piece)
         return
-    global _pool, _pool_size
-    n = len(pieces)
-    with _pool_lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(n, thread_name_prefix="phasetrace-kernel")
-            _pool_size = n
-        pool = _pool
-    futures = [pool.submit(fn, *piece) for piece in pieces]
-    for f in futures:
-        f.result()
+    if ths.stop - ths.start > LANES:  # over θ, in whole blocks of lanes
+        lo, hi, step = ths.start, ths.stop, LANES
+
+        def part(a: int, b: int) -> tuple[slice, slice]:
+            return slice(a, b), rs
+    elif rs.stop - rs.start > MIN_REWARDS_PER_THREAD:  # few θ, many reward vectors
+        lo, hi, step = rs.start, rs.stop, MIN_REWARDS_PER_THREAD
+
+        def part(a: int, b: int) -> tuple[slice, slice]:
+            return ths, slice(a, b)
+    else:
+        fn(*piece)
+        return
+    size = step
+    while lo < hi:
+        if stop is not None and stop.is_set():
+            return
+        n = min(size, hi - lo)
+        t0 = time.perf_counter()
+        fn(*part(lo, lo + n))
+        lo += n
+        took = time.perf_counter() - t0
+        want = size * CHUNK_GROWTH if took <= 0 else int(size * CHUNK_SECONDS / took)
+        size = max(step, min(want, size * CHUNK_GROWTH) // step * step)
+
+
+def _run(fn, pieces: list[tuple]) -> None:
+    """Run ``fn(*piece)`` for every piece, in parallel: the first in the calling thread,
+    the others on the kernel's threads.
+
+    If the caller is interrupted (Ctrl-C) or a piece raises, the chunks not yet started
+    are dropped and the ones running are waited for (a chunk is short), so no abandoned
+    work slows the next call down.
+    """
+    if len(pieces) == 1:
+        _run_piece(fn, pieces[0], None)
+        return
+    others = len(pieces) - 1
+    job = _Job(fn, others)
+    tasks = _ensure_threads(others)
+    queued = 0
+    try:
+        for piece in pieces[1:]:
+            tasks.put((job, piece))
+            queued += 1
+        _run_piece(fn, pieces[0], job.stop)
+        job.done.wait()
+    except BaseException:  # KeyboardInterrupt, or this thread's piece failed
+        job.stop.set()
+        job.forget(others - queued)
+        job.done.wait()
+        raise
+    if job.errors:
+        raise job.errors[0]
 
 
 # -- evaluation -------------------------------------------------------------------------------

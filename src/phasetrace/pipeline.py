@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from .errors import ExecutorTimeoutError, TraceFormatError
 from .executors.base import WorkItem
 from .graph import Graph
 from .scc import Decomposition, WorkUnit, decompose
-from .settings import UNSET, Settings, get_executor_for, resolve
+from .settings import UNSET, Settings, resolve, using_executor
 from .structure import check_trace_matches_graph, check_unit_arrays
 from .trace import Trace, stitch
 
@@ -103,6 +104,18 @@ _caches_lock = threading.Lock()
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> (version, plan)
 _traces: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> (version, trace)
 _graph_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> (version, key)
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks and caches in a forked child: a thread of the parent (the cache writer)
+    may have held them at the fork."""
+    global _stats_lock, _caches_lock
+    _stats_lock, _caches_lock = threading.Lock(), threading.Lock()
+    _caches.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def last_run_stats() -> RunStats | None:
@@ -448,13 +461,13 @@ def _record(missing: list[WorkItem], settings: Settings, stats: RunStats) -> lis
     stats.recorded = len(missing)
     if not missing:
         return []
-    executor = get_executor_for(settings)
-    expected = sum(it.cost for it in missing)
-    if not _show_progress(settings.progress, expected):
-        out = executor.map_items(_work.record_payload, missing, timeout=settings.timeout)
-        _note_strategy(executor, stats)
-        return out
-    return _record_with_progress(executor, missing, settings, stats)
+    with using_executor(settings) as executor:
+        expected = sum(it.cost for it in missing)
+        if not _show_progress(settings.progress, expected):
+            out = executor.map_items(_work.record_payload, missing, timeout=settings.timeout)
+            _note_strategy(executor, stats)
+            return out
+        return _record_with_progress(executor, missing, settings, stats)
 
 
 def _note_strategy(executor, stats: RunStats) -> None:

@@ -35,11 +35,12 @@ Examples
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
@@ -63,6 +64,7 @@ __all__ = [
     "reset_configuration",
     "resolve",
     "shutdown_executors",
+    "using_executor",
 ]
 
 
@@ -442,6 +444,45 @@ def get_settings() -> Settings:
 MAX_KEPT_EXECUTORS = 4
 _executors_lock = threading.Lock()
 _executors: OrderedDict[tuple, Executor] = OrderedDict()
+#: Calls running on each kept executor (by id), and executors evicted while a call ran on
+#: them: those are shut down when their last call ends, not under it.
+_leases: dict[int, int] = {}
+_evicted_in_use: dict[int, Executor] = {}
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts without kept executors (their workers are the parent's; see
+    :func:`phasetrace.executors.base._after_fork_in_child`) and with fresh locks, which a
+    thread of the parent may have held at the fork."""
+    global _executors_lock, _process_lock
+    _executors_lock, _process_lock = threading.Lock(), threading.Lock()
+    _executors.clear()
+    _leases.clear()
+    _evicted_in_use.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _kept_executor(s: Settings) -> tuple[Executor, list[Executor]]:
+    """The kept executor for ``s`` (made if needed) and those evicted that no call uses;
+    call with ``_executors_lock`` held."""
+    key = (s.strategy if isinstance(s.strategy, str) else id(s.strategy), s.n_workers, s.options)
+    executor = _executors.get(key)
+    if executor is not None and not executor.closed:
+        _executors.move_to_end(key)
+        return executor, []
+    executor = get_executor(s.strategy, s.n_workers, **s.options_dict)
+    _executors[key] = executor
+    evicted = []
+    while len(_executors) > MAX_KEPT_EXECUTORS:
+        old = _executors.popitem(last=False)[1]
+        if _leases.get(id(old)):
+            _evicted_in_use[id(old)] = old
+        else:
+            evicted.append(old)
+    return executor, evicted
 
 
 def get_executor_for(settings: Settings | None = None) -> Executor:
@@ -449,9 +490,10 @@ def get_executor_for(settings: Settings | None = None) -> Executor:
 
     Executors are kept by ``(strategy, n_workers, options)`` and reused by later calls,
     so pools stay warm; at most :data:`MAX_KEPT_EXECUTORS` are kept (the least recently
-    used is shut down), and :func:`shutdown_executors` (also run at exit) shuts down every
-    executor phasetrace created. An executor object given as the strategy is used as it is
-    (a foreign one adopted). Do not shut down the returned executor yourself.
+    used is shut down, once no call of :func:`using_executor` runs on it), and
+    :func:`shutdown_executors` (also run at exit) shuts down every executor phasetrace
+    created. An executor object given as the strategy is used as it is (a foreign one
+    adopted). Do not shut down the returned executor yourself.
 
     Examples
     --------
@@ -460,20 +502,40 @@ def get_executor_for(settings: Settings | None = None) -> Executor:
     True
     """
     s = get_settings() if settings is None else settings
-    key = (s.strategy if isinstance(s.strategy, str) else id(s.strategy), s.n_workers, s.options)
-    evicted = []
     with _executors_lock:
-        executor = _executors.get(key)
-        if executor is not None and not executor.closed:
-            _executors.move_to_end(key)
-            return executor
-        executor = get_executor(s.strategy, s.n_workers, **s.options_dict)
-        _executors[key] = executor
-        while len(_executors) > MAX_KEPT_EXECUTORS:
-            evicted.append(_executors.popitem(last=False)[1])
+        executor, evicted = _kept_executor(s)
     for old in evicted:
         old.shutdown(wait=False)
     return executor
+
+
+@contextlib.contextmanager
+def using_executor(settings: Settings | None = None) -> Iterator[Executor]:
+    """:func:`get_executor_for`, held for the ``with`` block: calls in other threads with
+    other settings may evict it meanwhile, and it is then shut down when the block ends.
+
+    Examples
+    --------
+    >>> with using_executor(resolve(strategy="sequential")) as ex:
+    ...     ex.name
+    'sequential'
+    """
+    s = get_settings() if settings is None else settings
+    with _executors_lock:
+        executor, evicted = _kept_executor(s)
+        _leases[id(executor)] = _leases.get(id(executor), 0) + 1
+    for old in evicted:
+        old.shutdown(wait=False)
+    try:
+        yield executor
+    finally:
+        with _executors_lock:
+            left = _leases.pop(id(executor)) - 1
+            if left:
+                _leases[id(executor)] = left
+            retired = None if left else _evicted_in_use.pop(id(executor), None)
+        if retired is not None:
+            retired.shutdown(wait=False)
 
 
 def shutdown_executors() -> None:

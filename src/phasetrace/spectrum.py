@@ -107,10 +107,27 @@ def sfs_rewards(trace, *, n_demes: int | None = None) -> np.ndarray:
     >>> trace.moments([1.0], k=2, rewards=r).round(12).tolist()  # E[ξ_i], E[ξ_i²]
     [[2.0, 6.0], [1.0, 2.0]]
     """
-    n, d = sfs_layout(trace, n_demes)
-    states = np.asarray(trace.states, dtype=np.float64)
-    per_size = states.reshape(states.shape[0], d, n).sum(axis=1)
-    return np.ascontiguousarray(per_size[:, : n - 1].T)
+    return _kept_rewards(trace, n_demes).copy()
+
+
+def _kept_rewards(trace, n_demes: int | None) -> np.ndarray:
+    """:func:`sfs_rewards`, built once per trace and layout and kept on the trace
+    (read-only): finding the layout and summing the states cost more than a small
+    trace's evaluation."""
+    valid = n_demes is None or (
+        not isinstance(n_demes, bool) and isinstance(n_demes, int | np.integer) and n_demes >= 1
+    )
+    key = None if n_demes is None else int(n_demes) if valid else object()
+    kept = trace.__dict__.setdefault("_sfs_rewards", {})
+    rewards = kept.get(key)
+    if rewards is None:
+        n, d = sfs_layout(trace, n_demes)  # raises for a bad n_demes
+        states = np.asarray(trace.states, dtype=np.float64)
+        per_size = states.reshape(states.shape[0], d, n).sum(axis=1)
+        rewards = np.ascontiguousarray(per_size[:, : n - 1].T)
+        rewards.flags.writeable = False
+        kept[key] = rewards
+    return rewards
 
 
 def sfs(trace, theta=None, *, normalised: bool = False, n_demes: int | None = None) -> np.ndarray:
@@ -163,7 +180,7 @@ def sfs(trace, theta=None, *, normalised: bool = False, n_demes: int | None = No
     else:
         if theta is None:
             raise InvalidParameterError("theta is required (a trace has no default parameters)")
-        rewards = sfs_rewards(trace, n_demes=n_demes)
+        rewards = _kept_rewards(trace, n_demes)
         out = trace.moments(theta, k=1, rewards=rewards)[..., 0]
     if normalised:
         out = out / out.sum(axis=-1, keepdims=True)

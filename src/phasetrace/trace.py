@@ -13,6 +13,8 @@ Saved traces are ``.npz`` files of plain arrays, loaded with ``allow_pickle=Fals
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._args import (
+    as_floats,
     as_k,
     as_reward_matrix,
     as_rewards,
@@ -29,7 +32,7 @@ from ._args import (
     shaped,
     transient_rewards,
 )
-from .errors import TraceFormatError
+from .errors import InvalidParameterError, TraceFormatError
 from .ops import (
     CONST,
     FMA,
@@ -104,8 +107,40 @@ class Trace:
         return int(hits[0])
 
     def rewards_from(self, fn: Callable[[np.ndarray], float]) -> np.ndarray:
-        """Reward vector in trace order from a function of the state."""
-        return np.array([float(fn(s)) for s in self.states], dtype=np.float64)
+        """Reward vector in trace order from a function of the state.
+
+        ``fn`` is called with each vertex's state (an int array of length
+        ``states.shape[1]``) and returns a number.
+
+        Raises
+        ------
+        InvalidParameterError
+            When ``fn`` raises (an index out of range, say), naming the state, or returns
+            something that is not a real number.
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> tr = pt.record_trace(pt.models.kingman(3, state_space="lineages"))
+        >>> tr.rewards_from(lambda s: s[0]).tolist()
+        [0.0, 3.0, 2.0, 1.0]
+        >>> tr.rewards_from(lambda s: s[1])
+        Traceback (most recent call last):
+        ...
+        phasetrace.errors.InvalidParameterError: the reward function raised IndexError at ...
+        """
+        values = []
+        for v, state in enumerate(self.states):
+            try:
+                values.append(fn(state))
+            except Exception as exc:
+                raise InvalidParameterError(
+                    f"the reward function raised {type(exc).__name__} at state "
+                    f"{state.tolist()} (vertex {v}): {exc}. It is called with each vertex's "
+                    f"state, an int array of length {self.states.shape[1]}, and must return a "
+                    "number"
+                ) from exc
+        return as_floats(values, "what the reward function returns")
 
     # -- identity ---------------------------------------------------------------------
     def digest(self) -> str:
@@ -157,28 +192,52 @@ class Trace:
         )
 
     # -- persistence ------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the trace as an ``.npz`` of plain arrays (no pickle)."""
-        np.savez(
-            path,
-            __format__=np.array(TRACE_FORMAT_VERSION, dtype=np.int64),
-            __digest__=np.frombuffer(bytes.fromhex(self.digest()), dtype=np.uint8),
+    def save(self, path: str | Path) -> Path:
+        """Write the trace as an ``.npz`` of plain arrays (no pickle).
+
+        As with :func:`numpy.savez`, ``.npz`` is appended to a name without it. The file
+        is written whole or not at all: to a temporary file beside it, renamed over it
+        when complete (a full disk or an interrupt leaves an existing file as it was).
+
+        Returns
+        -------
+        Path
+            The file written.
+
+        Examples
+        --------
+        >>> import tempfile, os, phasetrace as pt
+        >>> tr = pt.record_trace(pt.models.kingman(3))
+        >>> path = tr.save(os.path.join(tempfile.mkdtemp(), "k3"))
+        >>> path.name, pt.Trace.load(path).digest() == tr.digest()
+        ('k3.npz', True)
+        """
+        from ._files import write_atomic
+
+        path = Path(path if str(path).endswith(".npz") else f"{path}.npz")
+        arrays = {
+            "__format__": np.array(TRACE_FORMAT_VERSION, dtype=np.int64),
+            "__digest__": np.frombuffer(bytes.fromhex(self.digest()), dtype=np.uint8),
             **self.arrays,
-        )
+        }
+        write_atomic(path, lambda fh: np.savez(fh, **arrays))
+        return path
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        """Read a trace written by :meth:`save`; checks the format version and the digest."""
+        """Read a trace written by :meth:`save`; checks the format version and the digest.
+
+        Before any array is read, every member's declared shape must account for its
+        bytes, and all of them together fit in the file: members are stored, not
+        compressed, as :meth:`save` writes them. So a small file cannot make this
+        allocate more than its own size (a zip bomb, a header claiming a huge shape).
+        """
         try:
-            with np.load(path, allow_pickle=False) as f:
-                version = int(f["__format__"])
-                if version != TRACE_FORMAT_VERSION:
-                    raise TraceFormatError(
-                        f"{path}: trace format version {version}, this phasetrace reads "
-                        f"{TRACE_FORMAT_VERSION}"
-                    )
-                stored = bytes(f["__digest__"]).hex()
-                trace = cls({name: f[name] for name in TRACE_ARRAYS})
+            if hasattr(path, "read"):  # an open binary file
+                stored, trace = cls._read_npz(path, path)
+            else:
+                with open(path, "rb") as fh:
+                    stored, trace = cls._read_npz(fh, path)
         except TraceFormatError:
             raise
         except (
@@ -195,6 +254,20 @@ class Trace:
         if trace.digest() != stored:
             raise TraceFormatError(f"{path}: checksum mismatch (file corrupted)")
         return trace
+
+    @classmethod
+    def _read_npz(cls, fh, path) -> tuple[str, Trace]:
+        """The stored digest and the trace of an open ``.npz`` (sizes checked first)."""
+        _check_npz_sizes(fh, path)
+        fh.seek(0)
+        with np.load(fh, allow_pickle=False) as f:
+            version = int(f["__format__"])
+            if version != TRACE_FORMAT_VERSION:
+                raise TraceFormatError(
+                    f"{path}: trace format version {version}, this phasetrace reads "
+                    f"{TRACE_FORMAT_VERSION}"
+                )
+            return bytes(f["__digest__"]).hex(), cls({name: f[name] for name in TRACE_ARRAYS})
 
     # -- evaluation (the compiled kernel, phasetrace.kernel) ------------------------------
     def moments(self, theta, k: int = 1, rewards=None) -> np.ndarray:
@@ -333,6 +406,51 @@ class Trace:
         out = kernel.passes(self, th, transient_rewards(self, rows), seq, np.ones(2))
         total = out[:, 0, 1] + out[:, 1, 1]
         return total[0] if single else total
+
+
+def _check_npz_sizes(fh, path) -> None:
+    """Refuse an ``.npz`` whose arrays would need more memory than the file holds.
+
+    Each member must be stored (not compressed), and its ``.npy`` header's shape and dtype
+    must account for exactly the member's bytes; the members together must fit in the
+    file. Only the headers are read.
+    """
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(0)
+    with zipfile.ZipFile(fh) as zf:
+        total = 0
+        for info in zf.infolist():
+            where = f"{path}: member {info.filename!r}"
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise TraceFormatError(
+                    f"{where} is compressed; trace files hold stored arrays, as Trace.save "
+                    "writes them (compress the file as a whole if you need to)"
+                )
+            total += info.file_size
+            if info.file_size != info.compress_size or total > size:
+                raise TraceFormatError(
+                    f"{where} claims {info.file_size} bytes, more than the file of {size} "
+                    "bytes holds"
+                )
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise TraceFormatError(f"{where}: unsupported .npy version {version}")
+                header = member.tell()
+            if dtype.hasobject:
+                raise TraceFormatError(f"{where}: object arrays are not trace arrays")
+            declared = math.prod(shape) * dtype.itemsize
+            if header + declared != info.file_size:
+                raise TraceFormatError(
+                    f"{where} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                    f"{info.file_size - header} bytes"
+                )
 
 
 def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndarray]]) -> Trace:

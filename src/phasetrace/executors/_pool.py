@@ -503,15 +503,24 @@ class PooledExecutor(Executor):
         )
 
     def _check_fn(self, fn: Callable[..., Any]) -> None:
-        if self.needs_picklable_fn and getattr(fn, "__module__", None) == "__main__":
-            from phasetrace.errors import SerializationError
+        """Refuse, before anything is sent, a function of ``__main__`` that the workers
+        cannot find: they import the main script only when it is a file (as
+        ``__mp_main__``, like the standard library's spawn pool), so one defined in an
+        interactive session or ``python -c`` cannot travel by reference."""
+        if not self.needs_picklable_fn or getattr(fn, "__module__", None) != "__main__":
+            return
+        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if path is not None and os.path.exists(path):
+            return
+        from phasetrace.errors import SerializationError
 
-            raise SerializationError(
-                f"fn {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which "
-                f"{self.name!r} pickles by reference; move it into an importable module, or "
-                "use strategy 'loky', which sends such functions by value",
-                what="fn",
-            )
+        raise SerializationError(
+            f"fn {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which has no "
+            f"script file for {self.name!r} workers to import (an interactive session or "
+            "python -c); move it into an importable module or a script file, or use "
+            "strategy 'loky', which sends such functions by value",
+            what="fn",
+        )
 
     def _dispatch(self, blobs: list[bytes]) -> _Call:
         """Send the chunks (under the executor's lock: one dispatch at a time)."""
@@ -526,16 +535,21 @@ class PooledExecutor(Executor):
                 call.futures.append(pool.submit(_worker.run_pickled_chunk, blob, progress))
         except (BrokenProcessPool, RuntimeError) as exc:
             self._note_children()
-            self._broken = f"the pool refused work ({type(exc).__name__}: {exc})"
             for f in call.futures:
                 f.cancel()
-            raise WorkerCrashedError(
-                f"the {self.name!r} pool broke before this call's work was sent ({exc}); "
-                "the next call starts a fresh pool"
-            ) from exc
+            raise self._refused(exc) from exc
         self._outstanding += call.futures
         self._note_children()
         return call
+
+    def _refused(self, exc: BaseException) -> BaseException:
+        """The error for a pool whose ``submit`` raised ``exc``: it broke; the next call
+        starts a fresh one."""
+        self._broken = f"the pool refused work ({type(exc).__name__}: {exc})"
+        return WorkerCrashedError(
+            f"the {self.name!r} pool broke before this call's work was sent ({exc}); "
+            "the next call starts a fresh pool"
+        )
 
     def _collect(self, call: _Call, chunks, items, deadline, timeout) -> Iterator[Any]:
         where = self._where()

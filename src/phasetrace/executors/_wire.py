@@ -160,7 +160,8 @@ def decode_outcomes(data: bytes, items: Sequence[Any], where: str) -> list[tuple
         err = SerializationError(
             f"a worker could not unpickle the work of units {keys} ({exc_type}: {message}); "
             "the function and any classes in payloads must be importable on the workers "
-            "(installed there, defined in a module rather than in __main__ or a notebook)",
+            "(installed there, and defined at the top level of a module or of the main "
+            "script: not under `if __name__ == '__main__':`, nor in a notebook)",
             what="chunk",
             key=items[0].key,
         )

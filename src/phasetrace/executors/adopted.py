@@ -23,12 +23,28 @@ process dies.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import os
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from phasetrace.errors import StrategyError, WorkerCrashedError
+from phasetrace.errors import ExecutorClosedError, StrategyError, WorkerCrashedError
 from phasetrace.executors._pool import PooledExecutor
 from phasetrace.executors.base import available_cpus
+
+#: Executors adopted in this process, and those adopted by an ancestor before it forked
+#: (their workers belong to that ancestor: a forked child that used them would wait forever).
+_adopted: weakref.WeakSet = weakref.WeakSet()
+_adopted_before_fork: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _adopted_before_fork.update(_adopted)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class AdoptedExecutor(PooledExecutor):
@@ -77,14 +93,35 @@ class AdoptedExecutor(PooledExecutor):
         self.executor = executor
         self.name = f"adopted {type(executor).__name__}"
         self.in_process = isinstance(executor, ThreadPoolExecutor)
+        with contextlib.suppress(TypeError):  # not every object can be weakly referenced
+            _adopted.add(executor)
 
     def _ensure_pool(self) -> Any:
+        if self.executor in _adopted_before_fork:
+            raise StrategyError(
+                f"the {type(self.executor).__name__} given as strategy was adopted before this "
+                "process forked (os.fork, or a 'fork' multiprocessing pool): its workers belong "
+                "to the parent process, and a call here would wait forever. Make a new "
+                "executor in the child, or use a strategy by name ('loky', 'spawn')"
+            )
         if self._broken is not None:
             raise WorkerCrashedError(
                 f"the adopted {type(self.executor).__name__} is broken ({self._broken}); "
                 "phasetrace does not replace executors it does not own: pass a new one"
             )
         return self.executor
+
+    def _refused(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, concurrent.futures.BrokenExecutor):
+            return super()._refused(exc)
+        # A RuntimeError that is not a broken pool: the standard library's and loky's
+        # "cannot schedule new futures after shutdown". No worker crashed.
+        return ExecutorClosedError(
+            f"the adopted {type(self.executor).__name__} refused work ({exc}): it was shut "
+            "down by its owner (for example at the end of its `with` block). phasetrace "
+            "does not own it and cannot restart it: configure a live executor, or keep "
+            "using it inside its `with` block"
+        )
 
     def _kill_locked(self, reason: str) -> None:
         # Not ours to end: the caller's futures are cancelled; running chunks finish.

@@ -83,6 +83,54 @@ def live_executors() -> list[Executor]:
     return [e for e in list(_live) if not e.closed]
 
 
+#: Process-wide machinery of other libraries that a forked child cannot use once the
+#: parent has used it (joblib's loky pool, Dask's event loop): used here, and used by an
+#: ancestor of this process before it forked.
+_fork_unsafe_used: set[str] = set()
+_fork_unsafe_inherited: set[str] = set()
+
+
+def note_fork_unsafe(what: str) -> None:
+    """Record that this process now uses ``what``, which a forked child cannot use again."""
+    _fork_unsafe_used.add(what)
+
+
+def check_not_inherited(what: str, strategy: str) -> None:
+    """Raise :class:`~phasetrace.errors.StrategyError` at once (rather than wait forever)
+    when ``what`` was used by the parent of this forked process."""
+    if what in _fork_unsafe_inherited:
+        raise StrategyError(
+            f"strategy {strategy!r} cannot run in this process: {what} was started in the "
+            "parent before this process forked (os.fork, or a 'fork' multiprocessing pool), "
+            "and it does not work in a forked child (it would wait forever). Use strategy "
+            "'loky' or 'spawn' in the child, or start child processes with the 'spawn' or "
+            "'forkserver' method."
+        )
+
+
+def _after_fork_in_child() -> None:
+    """Let go of the executors a forked child inherits.
+
+    Their workers, threads and pipes belong to the parent: a call on a copy would wait
+    forever for threads the child does not have, and shutting a copy down could end the
+    parent's workers. So each copy is marked closed without touching anything, and using
+    it raises :class:`~phasetrace.errors.ExecutorClosedError` saying why; a strategy given
+    by name gets a fresh executor in the child (:func:`phasetrace.settings.get_executor_for`).
+    """
+    for executor in list(_live):
+        executor._shutdown_lock = threading.Lock()
+        if executor.survives_fork:
+            continue
+        executor._closed = True
+        executor._forked = True
+        _live.discard(executor)
+    _fork_unsafe_inherited.update(_fork_unsafe_used)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask and any cgroup CPU quota.
 
@@ -249,6 +297,9 @@ class Executor(concurrent.futures.Executor):
     needs_picklable_fn: bool = True
     reuses_pool: bool = False
     default_n_workers: int | None = None
+    #: Whether a forked child may go on using its copy (no workers, threads or pipes).
+    survives_fork: bool = False
+    _forked: bool = False
 
     @classmethod
     def check_options(cls, **options: Any) -> None:
@@ -379,6 +430,12 @@ class Executor(concurrent.futures.Executor):
         return self._closed
 
     def _check_open(self) -> None:
+        if self._forked:
+            raise ExecutorClosedError(
+                f"the {self.name!r} executor was made before this process forked: its workers "
+                "belong to the parent process. Make a new executor in the child (a strategy "
+                "given by name, as in configure(strategy='loky'), gets one by itself)"
+            )
         if self._closed:
             raise ExecutorClosedError(f"the {self.name!r} executor was used after shutdown()")
 

@@ -69,7 +69,13 @@ from phasetrace.errors import (
 )
 from phasetrace.executors import _wire, _worker
 from phasetrace.executors._pool import CHUNKS_PER_WORKER, check_spawn_main, plan_chunks
-from phasetrace.executors.base import Executor, RemoteTraceback, WorkItem
+from phasetrace.executors.base import (
+    Executor,
+    RemoteTraceback,
+    WorkItem,
+    check_not_inherited,
+    note_fork_unsafe,
+)
 
 logger = logging.getLogger("phasetrace.executors")
 
@@ -312,6 +318,8 @@ class DaskExecutor(Executor):
             )
         if client is not None:  # a client of ours that lost its scheduler
             self._drop_connection(f"the previous client was {client.status}")
+        check_not_inherited("a Dask client", "dask")
+        note_fork_unsafe("a Dask client")
         if self.address is not None:
             self._client = self._connect(self.address)
         else:

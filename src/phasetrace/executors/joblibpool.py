@@ -48,7 +48,7 @@ from phasetrace.executors._pool import (
     doing,
     plan_chunks,
 )
-from phasetrace.executors.base import Executor, WorkItem
+from phasetrace.executors.base import Executor, WorkItem, check_not_inherited, note_fork_unsafe
 
 
 class JoblibExecutor(Executor):
@@ -183,6 +183,9 @@ class JoblibExecutor(Executor):
         from joblib.parallel import get_active_backend
 
         self.last_backend = type(get_active_backend()[0]).__name__
+        if self.last_backend == "LokyBackend":
+            check_not_inherited("joblib's loky process pool", "joblib")
+            note_fork_unsafe("joblib's loky process pool")
         first_slot = self._progress.start_call(len(blobs), keep=False)
         self._call_id += 1
         call_id = self._call_id

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,15 @@ _lock = threading.RLock()
 _entries: dict[str, StrategyEntry] = {e.name: e for e in _BUILTINS}
 _loaded: dict[str, Factory] = {}  # name -> imported factory
 _entry_points_scanned = False
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # a thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def builtin_entries() -> tuple[StrategyEntry, ...]:

@@ -48,6 +48,7 @@ class SequentialExecutor(Executor):
     needs_picklable_fn = False
     reuses_pool = False
     default_n_workers = 1
+    survives_fork = True
 
     def __init__(self, n_workers: int | None = None):
         super().__init__(n_workers)

@@ -53,7 +53,9 @@ class SpawnExecutor(PooledExecutor):
     Notes
     -----
     ``fn`` is pickled by reference, so it must be a module-level function of an
-    importable module (``needs_picklable_fn``). A call that runs past ``timeout=``, or is
+    importable module or of the main script, which each worker imports as
+    ``__mp_main__`` as with the standard library's spawn pool (``needs_picklable_fn``;
+    not a function typed into an interactive session). A call that runs past ``timeout=``, or is
     interrupted by Ctrl-C, ends the pool's workers (SIGKILL).
 
     Examples

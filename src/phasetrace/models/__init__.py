@@ -5,9 +5,6 @@ from .coalescent import kingman, two_island
 from .random import random_graph
 from .structured import structured_coalescent, structured_parameters
 
-#: The builders that return a Graph (the command line's built-in models).
-GRAPH_MODELS = ("kingman", "random_graph", "structured_coalescent", "two_island")
-
 __all__ = [
     "from_demes",
     "kingman",
