@@ -813,8 +813,8 @@ def markdown(report: dict) -> str:
     lines.append(
         "Growth: *M would meet tol* is the smallest number of pieces per growth epoch (of 8, "
         "16, 32, …) whose Romberg result is already within tol of the 4×M run; the automatic "
-        "choice is larger because its error estimate is that of the lower-order (M⁻⁴) "
-        "extrapolation, with a safety factor of 10."
+        "choice stops doubling M once the Romberg result moved less than tol from M/2 to M, "
+        "so it is one doubling past that (its estimate bounds the coarser result)."
     )
     pg, mo = report["phasegen"], report["moments"]
     if pg.get("available"):
