@@ -149,7 +149,8 @@ def test_cache_verify_cli_exit_status(tmp_path, capsys):
     _record_units(tmp_path, g)
     assert main(["cache", "verify", "--recompute", "0", "--cache-dir", str(tmp_path)]) == 0
     assert "0 bad" in capsys.readouterr().out
-    victim = _unit_entries(tmp_path, g)[-1]
+    files = _unit_entries(tmp_path, g)
+    victim = next(f for f in files if decode_entry(f.read_bytes(), f.name)["consts"].size)
     _rewrite(victim, lambda a: a.__setitem__("consts", a["consts"] * 2 + 1))
     assert main(["cache", "verify", "--recompute", "0", "--cache-dir", str(tmp_path)]) == 1
     assert f"bad: {victim}" in capsys.readouterr().out

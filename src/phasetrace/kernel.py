@@ -28,7 +28,16 @@ import numpy as np
 from . import _kernel_impl as impl
 from ._args import ZeroRatePlan, edge_rates, not_finite_error, zero_rate_plan
 from .errors import TraceFormatError
-from .ops import CONST, FMA, LOAD, SUM, VERTEX_ABSORBING, VERTEX_START, VERTEX_TRANSIENT
+from .ops import (
+    CONST,
+    FMA,
+    LOAD,
+    SUM,
+    UNIT_SOLVE,
+    VERTEX_ABSORBING,
+    VERTEX_START,
+    VERTEX_TRANSIENT,
+)
 
 #: θ per block in batches (a compile-time constant of the batched kernel, one of
 #: ``_kernel_impl.LANE_CHOICES``). Measured on two_island(50, 200), per θ: 16 lanes run
@@ -80,13 +89,20 @@ class CompiledTrace:
             _i32(arr["row_dst"]),
             _i32(local[arr["row_slot"]]),
             _i32(np.where(sigma >= 0, local[np.maximum(sigma, 0)], -1)),
+            np.ascontiguousarray(arr["unit_kind"], dtype=np.int8),
         )
+        sizes = np.diff(arr["unit_ptr"])
+        solved = arr["unit_kind"] == UNIT_SOLVE
+        #: States of the largest solve block (0: none); its factors take k² values per lane.
+        self.max_block = int(sizes[solved].max()) if solved.any() else 0
         self.grads = _gradient_edges(arr, self.transient, self.n_params)
 
     def lanes(self, batch: int, vectors: int) -> int:
         """θ per block: :data:`LANES` for a batch, 1 for one θ or when memory is short
-        (the kernel keeps ``vectors`` arrays of ``n_vertices`` per lane)."""
-        if batch < MIN_BATCH_FOR_LANES or 8 * LANES * vectors * self.n_vertices > BLOCK_BYTES:
+        (the kernel keeps ``vectors`` arrays of ``n_vertices`` per lane, and the factors
+        of the largest solve block)."""
+        per_lane = 8 * (vectors * self.n_vertices + self.max_block**2)
+        if batch < MIN_BATCH_FOR_LANES or LANES * per_lane > BLOCK_BYTES:
             return 1
         return LANES
 

@@ -38,6 +38,7 @@ from .ops import (
     SUM,
     TRACE_ARRAYS,
     TRACE_FORMAT_VERSION,
+    UNIT_SOLVE,
     VERTEX_ABSORBING,
     VERTEX_START,
     VERTEX_TRANSIENT,
@@ -132,9 +133,23 @@ class Trace:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 
+    def unit_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """States per unit (SCC) in π order, and whether each is a solve block.
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> sizes, solved = pt.record_trace(pt.models.two_island(3)).unit_sizes()
+        >>> sizes.tolist(), solved.tolist()
+        ([1, 4, 3], [False, False, False])
+        """
+        return np.diff(self.arrays["unit_ptr"]), self.arrays["unit_kind"] == UNIT_SOLVE
+
     def summary(self) -> dict[str, Any]:
-        """Counts: vertices, ops by type, x-program length, row entries, bytes."""
+        """Counts: vertices, ops by type, x-program length, row entries, bytes, and the
+        SCCs taped and solved (solve blocks: their number and largest size)."""
         code = self.arrays["code"]
+        sizes, solved = self.unit_sizes()
         counts = np.bincount(code, minlength=len(OPCODE_NAMES))
         kinds = np.bincount(self.arrays["vertex_kind"], minlength=3)
         return {
@@ -146,6 +161,9 @@ class Trace:
             "ops_by_type": {n: int(c) for n, c in zip(OPCODE_NAMES, counts, strict=True) if c},
             "x_program": int(self.arrays["x_kind"].shape[0]),
             "row_entries": int(self.arrays["row_dst"].shape[0]),
+            "units_taped": int((~solved).sum()),
+            "solve_blocks": int(solved.sum()),
+            "largest_solve_block": int(sizes[solved].max()) if solved.any() else 0,
             "bytes": self.nbytes,
         }
 
@@ -396,6 +414,7 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     )
     n_x, n_rows, n_exits = lengths("x_kind"), lengths("row_slot"), lengths("exit_slot")
     arrays = {
+        "unit_kind": cat("unit_kind", np.int8),
         "code": code,
         "a": a + a_off,
         "b": np.where((b >= 0) & (code != SUM), b + slot_off, b),
