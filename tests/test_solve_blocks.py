@@ -334,3 +334,15 @@ def test_jax_uses_the_kernel_for_solve_blocks_and_native_refuses_them(blocks222)
     assert np.array_equal(np.asarray(grad), trace.gradient(theta))
     with pytest.raises(InvalidParameterError, match="solve blocks"):
         moments_fn(trace, k=2, method="native")
+
+
+def test_last_run_stats_say_which_path_each_scc_took(blocks222):
+    g, trace = blocks222
+    got = pt.compute_trace(g, strategy="sequential", cache=False)
+    stats = pt.last_run_stats()
+    sizes, solved = trace.unit_sizes()
+    assert got.digest() == trace.digest()
+    assert (stats.sccs_taped, stats.sccs_solved) == (int((~solved).sum()), int(solved.sum()))
+    assert stats.largest_solved == sizes[solved].max()
+    assert stats.largest_taped == sizes[~solved].max()
+    assert "solve blocks" in str(stats)

@@ -70,6 +70,10 @@ from .ops import (  # noqa: F401 (compile-time constants)
 )
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
+#: Small helpers called once per edge or entry are inlined by numba itself: a call that
+#: LLVM does not inline passes each array as a struct with reference counting, which
+#: measured 20× slower than the loop body on exit folds.
+_INLINE = {**_JIT, "inline": "always"}
 
 
 @njit(**_JIT)
@@ -216,6 +220,26 @@ def factor_unit(tape, u, vals, ws, L):
             hi[i] = max(hi[i], h[i])
 
 
+@njit(**_INLINE)
+def _lanes_axpy(y, oy, c, s, x, ox, W, L):
+    """``y[oy + j] += c[s + j mod L]·x[ox + j]`` for ``j < W`` (``W`` a multiple of ``L``):
+    one coefficient per lane, repeated over the right-hand sides. With one lane it is a
+    loop over views, which the compiler vectorises; ``y`` and ``x`` may be one array at
+    offsets ``W`` or more apart."""
+    if W == 1:
+        y[oy] = y[oy] + c[s] * x[ox]
+    elif L == 1:
+        a = c[s]
+        ys = y[oy : oy + W]
+        xs = x[ox : ox + W]
+        for j in range(W):
+            ys[j] = ys[j] + a * xs[j]
+    else:
+        for r in range(0, W, L):
+            for ln in range(L):
+                y[oy + r + ln] = y[oy + r + ln] + c[s + ln] * x[ox + r + ln]
+
+
 @njit(**_JIT)
 def _fold_exits(tape, u, vals, x, R, L):
     """``ξ_v += Σ_exits s·x_w`` for ``u``'s vertices: the exits' values are final."""
@@ -224,10 +248,7 @@ def _fold_exits(tape, u, vals, x, R, L):
     for v in range(unit_ptr[u], unit_ptr[u + 1]):
         o = v * W
         for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            w, s = exit_dst[e] * W, exit_slot[e] * L
-            for r in range(0, W, L):
-                for ln in range(L):
-                    x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
+            _lanes_axpy(x, o, vals, exit_slot[e] * L, x, exit_dst[e] * W, W, L)
 
 
 @njit(**_JIT)
@@ -238,82 +259,104 @@ def _push_exits(tape, u, vals, t, R, L):
     for v in range(unit_ptr[u], unit_ptr[u + 1]):
         o = v * W
         for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            w, s = exit_dst[e] * W, exit_slot[e] * L
-            for r in range(0, W, L):
-                for ln in range(L):
-                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
+            _lanes_axpy(t, exit_dst[e] * W, vals, exit_slot[e] * L, t, o, W, L)
 
 
 @njit(**_JIT)
 def _solve_block(tape, u, ws, x, acc, R, L):
     """``x ← A⁻¹ x`` on solve block ``u`` (exits folded already), from its factors: lane by
-    lane, forward with the multipliers, then back substitution with the pivots."""
+    lane, forward with the multipliers, then back substitution with the pivots. Every sum
+    runs in increasing column order, zeros included (exactly as the numpy reference)."""
     F, _, d, hi, lo = ws[:5]
-    unit_ptr = tape[0]
-    W = R * L
-    first = unit_ptr[u]
-    k = unit_ptr[u + 1] - first
+    first = tape[0][u]
+    k = tape[0][u + 1] - first
     kk = k * k
+    W = R * L
     for ln in range(L):
         M = F[ln * kk : (ln + 1) * kk]
-        for i in range(k):  # y_i += Σ_t a_it·y_t, t increasing
+        if W == 1:  # one right-hand side, one θ: sums in a register
+            for i in range(k):  # y_i += Σ_t a_it·y_t
+                row = M[i * k + lo[i] : i * k + i]
+                xs = x[first + lo[i] : first + i]
+                acc_ = x[first + i]
+                for j in range(row.shape[0]):
+                    acc_ = acc_ + row[j] * xs[j]
+                x[first + i] = acc_
+            for i in range(k - 1, -1, -1):  # x_i = (y_i + Σ_w R_iw·x_w) / d_i
+                row = M[i * k + i + 1 : i * k + hi[i] + 1]
+                xs = x[first + i + 1 : first + hi[i] + 1]
+                acc_ = 0.0
+                for j in range(row.shape[0]):
+                    acc_ = acc_ + row[j] * xs[j]
+                x[first + i] = (x[first + i] + acc_) / d[ln * k + i]
+            continue
+        for i in range(k):  # the same for W = R·L interleaved right-hand sides
             o = (first + i) * W + ln
             for t in range(lo[i], i):
                 a = M[i * k + t]
-                if a == 0.0:
-                    continue
-                w = (first + t) * W + ln
-                for r in range(0, W, L):
-                    x[o + r] = x[o + r] + a * x[w + r]
-        for i in range(k - 1, -1, -1):  # x_i = (y_i + Σ_w R_iw·x_w) / d_i, w increasing
-            for r in range(0, W, L):
+                _axpy(x, o, a, x, (first + t) * W + ln, R, L)
+        for i in range(k - 1, -1, -1):
+            for r in range(R):
                 acc[r] = 0.0
             for c in range(i + 1, hi[i] + 1):
-                a = M[i * k + c]
-                if a == 0.0:
-                    continue
-                w = (first + c) * W + ln
-                for r in range(0, W, L):
-                    acc[r] = acc[r] + a * x[w + r]
+                _axpy(acc, 0, M[i * k + c], x, (first + c) * W + ln, R, L, 1)
             o = (first + i) * W + ln
             di = d[ln * k + i]
-            for r in range(0, W, L):
-                x[o + r] = (x[o + r] + acc[r]) / di
+            for r in range(R):
+                x[o + r * L] = (x[o + r * L] + acc[r]) / di
+
+
+@njit(**_INLINE)
+def _axpy(y, oy, a, x, ox, R, L, sy=0):
+    """``y[oy + r·sy'] += a·x[ox + r·L]`` for ``r < R`` (``sy' = L``, or ``sy`` if given);
+    with unit strides it is a loop over views, which the compiler vectorises."""
+    step = L if sy == 0 else sy
+    if L == 1 and step == 1:
+        ys = y[oy : oy + R]
+        xs = x[ox : ox + R]
+        for r in range(R):
+            ys[r] = ys[r] + a * xs[r]
+        return
+    for r in range(R):
+        y[oy + r * step] = y[oy + r * step] + a * x[ox + r * L]
 
 
 @njit(**_JIT)
 def _solve_block_transposed(tape, u, ws, t, R, L):
     """``t ← A⁻ᵀ t`` on solve block ``u`` (before its exits are pushed): ``Uᵀ`` then
-    ``Lᵀ``, lane by lane."""
+    ``Lᵀ``, lane by lane, each a scatter in increasing row order."""
     F, _, d, hi, lo = ws[:5]
-    unit_ptr = tape[0]
-    W = R * L
-    first = unit_ptr[u]
-    k = unit_ptr[u + 1] - first
+    first = tape[0][u]
+    k = tape[0][u + 1] - first
     kk = k * k
+    W = R * L
     for ln in range(L):
         M = F[ln * kk : (ln + 1) * kk]
         for i in range(k):  # Uᵀ z = t: z_i = t_i / d_i, then t_w += R_iw·z_i
             o = (first + i) * W + ln
             di = d[ln * k + i]
-            for r in range(0, W, L):
-                t[o + r] = t[o + r] / di
+            for r in range(R):
+                t[o + r * L] = t[o + r * L] / di
+            if W == 1:
+                row = M[i * k + i + 1 : i * k + hi[i] + 1]
+                ts = t[first + i + 1 : first + hi[i] + 1]
+                z = t[o]
+                for j in range(row.shape[0]):
+                    ts[j] = ts[j] + row[j] * z
+                continue
             for c in range(i + 1, hi[i] + 1):
-                a = M[i * k + c]
-                if a == 0.0:
-                    continue
-                w = (first + c) * W + ln
-                for r in range(0, W, L):
-                    t[w + r] = t[w + r] + a * t[o + r]
+                _axpy(t, (first + c) * W + ln, M[i * k + c], t, o, R, L)
         for i in range(k - 1, -1, -1):  # Lᵀ y = z: y_i is final, then t_c += a_ic·y_i
             o = (first + i) * W + ln
+            if W == 1:
+                row = M[i * k + lo[i] : i * k + i]
+                ts = t[first + lo[i] : first + i]
+                y = t[o]
+                for j in range(row.shape[0]):
+                    ts[j] = ts[j] + row[j] * y
+                continue
             for c in range(lo[i], i):
-                a = M[i * k + c]
-                if a == 0.0:
-                    continue
-                w = (first + c) * W + ln
-                for r in range(0, W, L):
-                    t[w + r] = t[w + r] + a * t[o + r]
+                _axpy(t, (first + c) * W + ln, M[i * k + c], t, o, R, L)
 
 
 @njit(**_JIT)
@@ -336,10 +379,7 @@ def solve_unit(tape, u, vals, ws, x, acc, R, L):
     for t in range(unit_xptr[u], unit_xptr[u + 1]):
         o, s = x_u[t] * W, x_coef[t] * L
         if x_kind[t] == X_AXPY:
-            w = x_v[t] * W
-            for r in range(0, W, L):
-                for ln in range(L):
-                    x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
+            _lanes_axpy(x, o, vals, s, x, x_v[t] * W, W, L)
         else:
             for r in range(0, W, L):
                 for ln in range(L):
@@ -350,10 +390,7 @@ def solve_unit(tape, u, vals, ws, x, acc, R, L):
             continue
         acc[:W] = 0.0
         for e in range(r0, r1):
-            w, s = row_dst[e] * W, row_slot[e] * L
-            for r in range(0, W, L):
-                for ln in range(L):
-                    acc[r + ln] = acc[r + ln] + vals[s + ln] * x[w + r + ln]
+            _lanes_axpy(acc, 0, vals, row_slot[e] * L, x, row_dst[e] * W, W, L)
         o, s = v * W, sigma[v] * L
         for r in range(0, W, L):
             for ln in range(L):
@@ -386,17 +423,11 @@ def solve_unit_transposed(tape, u, vals, ws, t, q, R, L):
             for ln in range(L):
                 q[r + ln] = t[o + r + ln] / vals[s + ln]
         for e in range(r0, r1):
-            w, s = row_dst[e] * W, row_slot[e] * L
-            for r in range(0, W, L):
-                for ln in range(L):
-                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * q[r + ln]
+            _lanes_axpy(t, row_dst[e] * W, vals, row_slot[e] * L, q, 0, W, L)
     for i in range(unit_xptr[u + 1] - 1, unit_xptr[u] - 1, -1):  # x-program, reversed
         o, s = x_u[i] * W, x_coef[i] * L
         if x_kind[i] == X_AXPY:
-            w = x_v[i] * W
-            for r in range(0, W, L):
-                for ln in range(L):
-                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
+            _lanes_axpy(t, x_v[i] * W, vals, s, t, o, W, L)
         else:
             for r in range(0, W, L):
                 for ln in range(L):

@@ -69,6 +69,12 @@ class RunStats:
         decomposed, looked up or stitched for them.
     strategy : str
         The strategy resolved for the call (``auto`` reports its choice, if it made one).
+    sccs_taped, sccs_solved : int
+        Which path each strongly connected component of the returned traces takes: its
+        elimination recorded op by op, or a solve block factorised at evaluation time
+        (summed over the graphs; per SCC: :meth:`Trace.unit_sizes`).
+    largest_taped, largest_solved : int
+        States of the largest SCC on each path (0: none).
     n_workers : int or None
     seconds : dict of str to float
         Wall time per stage: ``decompose``, ``lookup``, ``record``, ``store``, ``stitch``,
@@ -82,6 +88,10 @@ class RunStats:
     from_disk: int = 0
     recorded: int = 0
     traces_from_cache: int = 0
+    sccs_taped: int = 0
+    sccs_solved: int = 0
+    largest_taped: int = 0
+    largest_solved: int = 0
     strategy: str = ""
     n_workers: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -92,8 +102,21 @@ class RunStats:
         return (
             f"{self.graphs} graph(s), {whole}{self.units} unit(s) ({self.unique} distinct): "
             f"{self.from_memory} from memory, {self.from_disk} from disk, {self.recorded} "
-            f"recorded on {self.strategy!r}; {stages}"
+            f"recorded on {self.strategy!r}; SCCs: {self.sccs_taped} taped (largest "
+            f"{self.largest_taped}), {self.sccs_solved} solve blocks (largest "
+            f"{self.largest_solved}); {stages}"
         )
+
+    def count_paths(self, traces) -> None:
+        """Fill the SCC path counts from the traces returned."""
+        for trace in traces:
+            sizes, solved = trace.unit_sizes()
+            self.sccs_taped += int((~solved).sum())
+            self.sccs_solved += int(solved.sum())
+            if (~solved).any():
+                self.largest_taped = max(self.largest_taped, int(sizes[~solved].max()))
+            if solved.any():
+                self.largest_solved = max(self.largest_solved, int(sizes[solved].max()))
 
 
 _last_stats = threading.local()
@@ -260,6 +283,7 @@ def compute_traces(
         writer.join()
     with _timed(stats, "store"):
         _store_whole(store, settings, [(keys[i], graphs[i], traces[i]) for i in todo])
+    stats.count_paths(traces)
     stats.seconds["total"] = time.perf_counter() - t_start
     _last_stats.value = stats
     logger.info("compute_traces: %s", stats)
