@@ -35,11 +35,20 @@ Array bundles (tuples, so the signatures stay short), all slots local to their u
 - ``tape = (unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot, x_kind, x_u, x_v,
   x_coef, row_ptr, row_dst, row_slot, sigma, unit_kind)``;
 - ``ws = (F, e, d, hi, lo, h)``: the factors of one solve block for ``L`` lanes
-  (:func:`workspace`, filled by :func:`factor_unit`).
+  (:func:`workspace`, filled by :func:`factor_block`);
+- ``grads = (unit_gptr, src, dst, coef)``: parameterised edges grouped by unit.
+
+Per unit, a taped unit is solved by :func:`solve_unit` (transposed:
+:func:`solve_unit_transposed`), a solve block by :func:`factor_block` then
+:func:`solve_block` (:func:`solve_block_transposed`); callers dispatch on
+``unit_kind``. Loops over right-hand sides use views when there is one lane (the
+compiler vectorises those, not indexed loops), and nothing in a per-edge loop calls
+another function: a call passes every array with reference counting, which measured
+several times the work of a short loop.
 
 **Solve blocks** (``unit_kind``) are factorised at θ instead of replayed op by op: the
 block's rates are scattered into a dense ``k × k`` matrix (one per lane), and a GTH LU
-runs on it row by row (:func:`factor_unit`): row ``i`` takes, for each earlier row ``t``
+runs on it row by row (:func:`factor_block`): row ``i`` takes, for each earlier row ``t``
 with a non-zero entry ``(i, t)`` in increasing ``t``, the multiplier ``a = R_it / d_t`` and
 ``R_iw += a·R_tw`` over row ``t``'s span, ``ε_i += a·ε_t``; its pivot is then
 ``d_i = Σ_{w > i} R_iw + ε_i`` (left to right), a sum of non-negative terms, so stiff
@@ -48,7 +57,6 @@ operations in the same order as the dense right-looking elimination of the numpy
 reference (:mod:`phasetrace.evaluate`): results are bitwise equal. The solves (forward
 with the multipliers, back substitution with ``d``, and their transposes) run on the
 same factors for every right-hand side.
-- ``grads = (unit_gptr, src, dst, coef)``: parameterised edges grouped by unit.
 """
 
 from __future__ import annotations
@@ -70,10 +78,6 @@ from .ops import (  # noqa: F401 (compile-time constants)
 )
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy", "boundscheck": False}
-#: Small helpers called once per edge or entry are inlined by numba itself: a call that
-#: LLVM does not inline passes each array as a struct with reference counting, which
-#: measured 20× slower than the loop body on exit folds.
-_INLINE = {**_JIT, "inline": "always"}
 
 
 @njit(**_JIT)
@@ -157,8 +161,8 @@ def workspace(tape, L):
 
 
 @njit(**_JIT)
-def factor_unit(tape, u, vals, ws, L):
-    """Factorise unit ``u`` at the lanes of ``vals`` if it is a solve block (else nothing).
+def factor_block(tape, u, vals, ws, L):
+    """Factorise solve block ``u`` at the lanes of ``vals`` (after :func:`replay_unit`).
 
     Lane ``ln``'s matrix is ``F[ln·k² : (ln + 1)·k²]``, row-major: after the call it holds
     the multiplier ``a_iw`` at ``(i, w)`` for ``w < i`` and the final row entry ``R_iw`` for
@@ -167,11 +171,7 @@ def factor_unit(tape, u, vals, ws, L):
     are factorised one after the other, each in its own matrix (a batch's matrices
     together would leave the caches).
     """
-    unit_ptr, row_ptr, row_dst, row_slot, sigma, unit_kind = (
-        tape[0], tape[9], tape[10], tape[11], tape[12], tape[13],
-    )  # fmt: skip
-    if unit_kind[u] != UNIT_SOLVE:
-        return
+    unit_ptr, row_ptr, row_dst, row_slot, sigma = tape[0], tape[9], tape[10], tape[11], tape[12]
     F, e, d, hi, lo, h = ws
     first = unit_ptr[u]
     k = unit_ptr[u + 1] - first
@@ -220,114 +220,87 @@ def factor_unit(tape, u, vals, ws, L):
             hi[i] = max(hi[i], h[i])
 
 
-@njit(**_INLINE)
-def _lanes_axpy(y, oy, c, s, x, ox, W, L):
-    """``y[oy + j] += c[s + j mod L]·x[ox + j]`` for ``j < W`` (``W`` a multiple of ``L``):
-    one coefficient per lane, repeated over the right-hand sides. With one lane it is a
-    loop over views, which the compiler vectorises; ``y`` and ``x`` may be one array at
-    offsets ``W`` or more apart."""
-    if W == 1:
-        y[oy] = y[oy] + c[s] * x[ox]
-    elif L == 1:
-        a = c[s]
-        ys = y[oy : oy + W]
-        xs = x[ox : ox + W]
-        for j in range(W):
-            ys[j] = ys[j] + a * xs[j]
-    else:
-        for r in range(0, W, L):
-            for ln in range(L):
-                y[oy + r + ln] = y[oy + r + ln] + c[s + ln] * x[ox + r + ln]
-
-
 @njit(**_JIT)
-def _fold_exits(tape, u, vals, x, R, L):
-    """``ξ_v += Σ_exits s·x_w`` for ``u``'s vertices: the exits' values are final."""
+def solve_block(tape, u, vals, ws, x, acc, R, L):
+    """``x ← F(x)`` on solve block ``u`` (layout of :func:`solve_unit`), from the factors
+    of :func:`factor_block` in ``ws``: exits folded in, then, lane by lane, forward with
+    the multipliers and back substitution with the pivots. Every sum runs in increasing
+    column order, zeros included (exactly as the numpy reference)."""
     unit_ptr, exit_ptr, exit_dst, exit_slot = tape[0], tape[2], tape[3], tape[4]
-    W = R * L
-    for v in range(unit_ptr[u], unit_ptr[u + 1]):
-        o = v * W
-        for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            _lanes_axpy(x, o, vals, exit_slot[e] * L, x, exit_dst[e] * W, W, L)
-
-
-@njit(**_JIT)
-def _push_exits(tape, u, vals, t, R, L):
-    """The transpose of :func:`_fold_exits`: ``t_w += s·t_v`` for ``u``'s exit edges."""
-    unit_ptr, exit_ptr, exit_dst, exit_slot = tape[0], tape[2], tape[3], tape[4]
-    W = R * L
-    for v in range(unit_ptr[u], unit_ptr[u + 1]):
-        o = v * W
-        for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            _lanes_axpy(t, exit_dst[e] * W, vals, exit_slot[e] * L, t, o, W, L)
-
-
-@njit(**_JIT)
-def _solve_block(tape, u, ws, x, acc, R, L):
-    """``x ← A⁻¹ x`` on solve block ``u`` (exits folded already), from its factors: lane by
-    lane, forward with the multipliers, then back substitution with the pivots. Every sum
-    runs in increasing column order, zeros included (exactly as the numpy reference)."""
-    F, _, d, hi, lo = ws[:5]
-    first = tape[0][u]
-    k = tape[0][u + 1] - first
+    F, _, d, hi, lo, _ = ws
+    first = unit_ptr[u]
+    k = unit_ptr[u + 1] - first
     kk = k * k
     W = R * L
+    for v in range(first, first + k):  # fold the exits: their values are final
+        o = v * W
+        for e in range(exit_ptr[v], exit_ptr[v + 1]):
+            w, s = exit_dst[e] * W, exit_slot[e] * L
+            if W == 1:
+                x[o] = x[o] + vals[s] * x[w]
+            elif L == 1:
+                a, xo, xw = vals[s], x[o : o + W], x[w : w + W]
+                for r in range(W):
+                    xo[r] = xo[r] + a * xw[r]
+            else:
+                for r in range(0, W, L):
+                    for ln in range(L):
+                        x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
     for ln in range(L):
         M = F[ln * kk : (ln + 1) * kk]
         if W == 1:  # one right-hand side, one θ: sums in a register
             for i in range(k):  # y_i += Σ_t a_it·y_t
                 row = M[i * k + lo[i] : i * k + i]
                 xs = x[first + lo[i] : first + i]
-                acc_ = x[first + i]
+                total = x[first + i]
                 for j in range(row.shape[0]):
-                    acc_ = acc_ + row[j] * xs[j]
-                x[first + i] = acc_
+                    total = total + row[j] * xs[j]
+                x[first + i] = total
             for i in range(k - 1, -1, -1):  # x_i = (y_i + Σ_w R_iw·x_w) / d_i
                 row = M[i * k + i + 1 : i * k + hi[i] + 1]
                 xs = x[first + i + 1 : first + hi[i] + 1]
-                acc_ = 0.0
+                total = 0.0
                 for j in range(row.shape[0]):
-                    acc_ = acc_ + row[j] * xs[j]
-                x[first + i] = (x[first + i] + acc_) / d[ln * k + i]
+                    total = total + row[j] * xs[j]
+                x[first + i] = (x[first + i] + total) / d[ln * k + i]
             continue
-        for i in range(k):  # the same for W = R·L interleaved right-hand sides
+        for i in range(k):  # the same for R interleaved right-hand sides
             o = (first + i) * W + ln
             for t in range(lo[i], i):
-                a = M[i * k + t]
-                _axpy(x, o, a, x, (first + t) * W + ln, R, L)
+                a, w = M[i * k + t], (first + t) * W + ln
+                if L == 1:
+                    xo, xw = x[o : o + R], x[w : w + R]
+                    for r in range(R):
+                        xo[r] = xo[r] + a * xw[r]
+                else:
+                    for r in range(R):
+                        x[o + r * L] = x[o + r * L] + a * x[w + r * L]
         for i in range(k - 1, -1, -1):
-            for r in range(R):
-                acc[r] = 0.0
+            acc[:R] = 0.0
             for c in range(i + 1, hi[i] + 1):
-                _axpy(acc, 0, M[i * k + c], x, (first + c) * W + ln, R, L, 1)
+                a, w = M[i * k + c], (first + c) * W + ln
+                if L == 1:
+                    xw = x[w : w + R]
+                    for r in range(R):
+                        acc[r] = acc[r] + a * xw[r]
+                else:
+                    for r in range(R):
+                        acc[r] = acc[r] + a * x[w + r * L]
             o = (first + i) * W + ln
             di = d[ln * k + i]
             for r in range(R):
                 x[o + r * L] = (x[o + r * L] + acc[r]) / di
 
 
-@njit(**_INLINE)
-def _axpy(y, oy, a, x, ox, R, L, sy=0):
-    """``y[oy + r·sy'] += a·x[ox + r·L]`` for ``r < R`` (``sy' = L``, or ``sy`` if given);
-    with unit strides it is a loop over views, which the compiler vectorises."""
-    step = L if sy == 0 else sy
-    if L == 1 and step == 1:
-        ys = y[oy : oy + R]
-        xs = x[ox : ox + R]
-        for r in range(R):
-            ys[r] = ys[r] + a * xs[r]
-        return
-    for r in range(R):
-        y[oy + r * step] = y[oy + r * step] + a * x[ox + r * L]
-
-
 @njit(**_JIT)
-def _solve_block_transposed(tape, u, ws, t, R, L):
-    """``t ← A⁻ᵀ t`` on solve block ``u`` (before its exits are pushed): ``Uᵀ`` then
-    ``Lᵀ``, lane by lane, each a scatter in increasing row order."""
-    F, _, d, hi, lo = ws[:5]
-    first = tape[0][u]
-    k = tape[0][u + 1] - first
+def solve_block_transposed(tape, u, vals, ws, t, R, L):
+    """``t ← A⁻ᵀ t`` on solve block ``u`` (layout and role of :func:`solve_unit_transposed`):
+    ``Uᵀ`` then ``Lᵀ`` lane by lane, each a scatter in increasing row order, then the
+    cotangents pushed into the exits."""
+    unit_ptr, exit_ptr, exit_dst, exit_slot = tape[0], tape[2], tape[3], tape[4]
+    F, _, d, hi, lo, _ = ws
+    first = unit_ptr[u]
+    k = unit_ptr[u + 1] - first
     kk = k * k
     W = R * L
     for ln in range(L):
@@ -345,7 +318,9 @@ def _solve_block_transposed(tape, u, ws, t, R, L):
                     ts[j] = ts[j] + row[j] * z
                 continue
             for c in range(i + 1, hi[i] + 1):
-                _axpy(t, (first + c) * W + ln, M[i * k + c], t, o, R, L)
+                a, w = M[i * k + c], (first + c) * W + ln
+                for r in range(R):
+                    t[w + r * L] = t[w + r * L] + a * t[o + r * L]
         for i in range(k - 1, -1, -1):  # Lᵀ y = z: y_i is final, then t_c += a_ic·y_i
             o = (first + i) * W + ln
             if W == 1:
@@ -356,30 +331,58 @@ def _solve_block_transposed(tape, u, ws, t, R, L):
                     ts[j] = ts[j] + row[j] * y
                 continue
             for c in range(lo[i], i):
-                _axpy(t, (first + c) * W + ln, M[i * k + c], t, o, R, L)
+                a, w = M[i * k + c], (first + c) * W + ln
+                for r in range(R):
+                    t[w + r * L] = t[w + r * L] + a * t[o + r * L]
+    for v in range(first, first + k):  # push the cotangents into the exits
+        o = v * W
+        for e in range(exit_ptr[v], exit_ptr[v + 1]):
+            w, s = exit_dst[e] * W, exit_slot[e] * L
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
 
 
 @njit(**_JIT)
-def solve_unit(tape, u, vals, ws, x, acc, R, L):
-    """``x ← F(x)`` on unit ``u`` for ``R`` right-hand sides at once.
+def solve_unit(tape, u, vals, x, acc, R, L):
+    """``x ← F(x)`` on taped unit ``u`` for ``R`` right-hand sides at once.
 
     ``x`` holds vertex ``v``, right-hand side ``r``, lane ``ln`` at ``(v*R + r)*L + ln``:
     the right-hand sides of ``u``'s vertices and the final values of everything
-    downstream. ``acc`` is scratch of length ``R·L``. A solve block needs its factors in
-    ``ws`` (:func:`factor_unit`, after :func:`replay_unit`).
+    downstream. ``acc`` is scratch of length ``R·L``. (A solve block: :func:`solve_block`.)
     """
-    unit_ptr, unit_xptr = tape[0], tape[1]
+    unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot = tape[:5]
     x_kind, x_u, x_v, x_coef, row_ptr, row_dst, row_slot, sigma = tape[5:13]
     W = R * L
     first, last = unit_ptr[u], unit_ptr[u + 1]
-    _fold_exits(tape, u, vals, x, R, L)
-    if tape[13][u] == UNIT_SOLVE:
-        _solve_block(tape, u, ws, x, acc, R, L)
-        return
+    for v in range(first, last):  # fold the exits: their values are final
+        o = v * W
+        for e in range(exit_ptr[v], exit_ptr[v + 1]):
+            w, s = exit_dst[e] * W, exit_slot[e] * L
+            if W == 1:
+                x[o] = x[o] + vals[s] * x[w]
+            elif L == 1:
+                a, xo, xw = vals[s], x[o : o + W], x[w : w + W]
+                for r in range(W):
+                    xo[r] = xo[r] + a * xw[r]
+            else:
+                for r in range(0, W, L):
+                    for ln in range(L):
+                        x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
     for t in range(unit_xptr[u], unit_xptr[u + 1]):
         o, s = x_u[t] * W, x_coef[t] * L
         if x_kind[t] == X_AXPY:
-            _lanes_axpy(x, o, vals, s, x, x_v[t] * W, W, L)
+            w = x_v[t] * W
+            if W == 1:
+                x[o] = x[o] + vals[s] * x[w]
+            elif L == 1:
+                a, xo, xw = vals[s], x[o : o + W], x[w : w + W]
+                for r in range(W):
+                    xo[r] = xo[r] + a * xw[r]
+            else:
+                for r in range(0, W, L):
+                    for ln in range(L):
+                        x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
         else:
             for r in range(0, W, L):
                 for ln in range(L):
@@ -390,7 +393,17 @@ def solve_unit(tape, u, vals, ws, x, acc, R, L):
             continue
         acc[:W] = 0.0
         for e in range(r0, r1):
-            _lanes_axpy(acc, 0, vals, row_slot[e] * L, x, row_dst[e] * W, W, L)
+            w, s = row_dst[e] * W, row_slot[e] * L
+            if W == 1:
+                acc[0] = acc[0] + vals[s] * x[w]
+            elif L == 1:
+                a, xw = vals[s], x[w : w + W]
+                for r in range(W):
+                    acc[r] = acc[r] + a * xw[r]
+            else:
+                for r in range(0, W, L):
+                    for ln in range(L):
+                        acc[r + ln] = acc[r + ln] + vals[s + ln] * x[w + r + ln]
         o, s = v * W, sigma[v] * L
         for r in range(0, W, L):
             for ln in range(L):
@@ -398,22 +411,18 @@ def solve_unit(tape, u, vals, ws, x, acc, R, L):
 
 
 @njit(**_JIT)
-def solve_unit_transposed(tape, u, vals, ws, t, q, R, L):
-    """``t ← A⁻ᵀ t`` on unit ``u`` (layout of :func:`solve_unit`): its tape backwards.
+def solve_unit_transposed(tape, u, vals, t, q, R, L):
+    """``t ← A⁻ᵀ t`` on taped unit ``u`` (layout of :func:`solve_unit`): its tape backwards.
 
     ``t`` holds, for ``u``'s vertices, their right-hand side plus the cotangents pushed
     by upstream units; the unit pushes its own into its exits' entries (absorbing
     vertices receive cotangents that nothing reads). ``q``: scratch of length ``R·L``.
-    A solve block needs its factors in ``ws``, as for :func:`solve_unit`.
+    (A solve block: :func:`solve_block_transposed`.)
     """
-    unit_ptr, unit_xptr = tape[0], tape[1]
+    unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot = tape[:5]
     x_kind, x_u, x_v, x_coef, row_ptr, row_dst, row_slot, sigma = tape[5:13]
     W = R * L
     first, last = unit_ptr[u], unit_ptr[u + 1]
-    if tape[13][u] == UNIT_SOLVE:
-        _solve_block_transposed(tape, u, ws, t, R, L)
-        _push_exits(tape, u, vals, t, R, L)
-        return
     for v in range(first, last):  # back substitution, reversed
         r0, r1 = row_ptr[v], row_ptr[v + 1]
         if r1 == r0:
@@ -423,16 +432,28 @@ def solve_unit_transposed(tape, u, vals, ws, t, q, R, L):
             for ln in range(L):
                 q[r + ln] = t[o + r + ln] / vals[s + ln]
         for e in range(r0, r1):
-            _lanes_axpy(t, row_dst[e] * W, vals, row_slot[e] * L, q, 0, W, L)
+            w, s = row_dst[e] * W, row_slot[e] * L
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * q[r + ln]
     for i in range(unit_xptr[u + 1] - 1, unit_xptr[u] - 1, -1):  # x-program, reversed
         o, s = x_u[i] * W, x_coef[i] * L
         if x_kind[i] == X_AXPY:
-            _lanes_axpy(t, x_v[i] * W, vals, s, t, o, W, L)
+            w = x_v[i] * W
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
         else:
             for r in range(0, W, L):
                 for ln in range(L):
                     t[o + r + ln] = t[o + r + ln] / vals[s + ln]
-    _push_exits(tape, u, vals, t, R, L)  # exit folds, reversed
+    for v in range(first, last):  # exit folds, reversed
+        o = v * W
+        for e in range(exit_ptr[v], exit_ptr[v + 1]):
+            w, s = exit_dst[e] * W, exit_slot[e] * L
+            for r in range(0, W, L):
+                for ln in range(L):
+                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
 
 
 @njit(**_JIT)
@@ -449,6 +470,7 @@ def forward(prog, tape, rewards, seq, th, X, vals, full, L):
     W = R * L
     unit_ptr = tape[0]
     acc = np.empty(W)
+    unit_kind = tape[13]
     ws = workspace(tape, L)
     ok = True
     X[:] = 0.0  # absorbing vertices stay 0
@@ -456,7 +478,9 @@ def forward(prog, tape, rewards, seq, th, X, vals, full, L):
         uvals = _unit_values(prog, u, th, vals, full, L)
         if not full:
             ok = replay_unit(prog, u, th, uvals, L) & ok
-        factor_unit(tape, u, uvals, ws, L)
+        solved = unit_kind[u] == UNIT_SOLVE
+        if solved:
+            factor_block(tape, u, uvals, ws, L)
         first, last = unit_ptr[u], unit_ptr[u + 1]
         for j in range(k):
             xj = X[j]
@@ -466,7 +490,10 @@ def forward(prog, tape, rewards, seq, th, X, vals, full, L):
                     o = (v * R + r) * L
                     for ln in range(L):
                         xj[o + ln] = rv if j == 0 else rv * X[j - 1, o + ln]
-            solve_unit(tape, u, uvals, ws, xj, acc, R, L)
+            if solved:
+                solve_block(tape, u, uvals, ws, xj, acc, R, L)
+            else:
+                solve_unit(tape, u, uvals, xj, acc, R, L)
     return ok
 
 
@@ -549,6 +576,7 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
     T = np.empty((max(k - 1, 1), V * W))  # T[i - 1] accumulates ȳ⁽ⁱ⁺¹⁾, i >= 1
     G = np.empty((R, k, L, P))
     q = np.empty(W)
+    unit_kind = tape[13]
     ws = workspace(tape, L)
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
@@ -564,9 +592,13 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
             uvals = _unit_values(prog, u, thb, vals, full, L)
             if not full:
                 replay_unit(prog, u, thb, uvals, L)
-            factor_unit(tape, u, uvals, ws, L)
+            solved = unit_kind[u] == UNIT_SOLVE
+            if solved:
+                factor_block(tape, u, uvals, ws, L)
+                solve_block_transposed(tape, u, uvals, ws, y1, 1, L)
+            else:
+                solve_unit_transposed(tape, u, uvals, y1, q, 1, L)
             first, last = unit_ptr[u], unit_ptr[u + 1]
-            solve_unit_transposed(tape, u, uvals, ws, y1, q, 1, L)
             for i in range(1, k):
                 cur = T[i - 1]
                 for v in range(first, last):
@@ -576,7 +608,10 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
                         for ln in range(L):
                             prev = y1[v * L + ln] if i == 1 else T[i - 2, o + ln]
                             cur[o + ln] = cur[o + ln] + rv * prev
-                solve_unit_transposed(tape, u, uvals, ws, cur, q, R, L)
+                if solved:
+                    solve_block_transposed(tape, u, uvals, ws, cur, R, L)
+                else:
+                    solve_unit_transposed(tape, u, uvals, cur, q, R, L)
             e0, e1 = unit_gptr[u], unit_gptr[u + 1]
             for r in range(R):
                 for j in range(k):  # Σ_i ȳ⁽ⁱ⁺¹⁾_v·(z_{j−i,w} − z_{j−i,v}), scaled by (j+1)!
@@ -662,7 +697,7 @@ def transposed_chunk(prog, tape, th, T, vals, R):
     :func:`_moments_chunk`.
     """
     B = th.shape[0]
-    unit_ptr = tape[0]
+    unit_ptr, unit_kind = tape[0], tape[13]
     q = np.empty(max(R, 1))
     ws = workspace(tape, 1)
     bad = np.full(B, -1, dtype=np.int64)
@@ -672,8 +707,11 @@ def transposed_chunk(prog, tape, th, T, vals, R):
         ok = True
         for u in range(unit_ptr.shape[0] - 1):
             ok = replay_unit(prog, u, thb, vals, 1) & ok
-            factor_unit(tape, u, vals, ws, 1)
-            solve_unit_transposed(tape, u, vals, ws, tb, q, R, 1)
+            if unit_kind[u] == UNIT_SOLVE:
+                factor_block(tape, u, vals, ws, 1)
+                solve_block_transposed(tape, u, vals, ws, tb, R, 1)
+            else:
+                solve_unit_transposed(tape, u, vals, tb, q, R, 1)
         if not ok:
             bad[b] = bad_rates(prog, thb)[0]
     return bad
