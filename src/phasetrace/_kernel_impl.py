@@ -457,13 +457,15 @@ def solve_unit_transposed(tape, u, vals, t, q, R, L):
 
 
 @njit(**_JIT)
-def forward(prog, tape, rewards, seq, th, X, vals, full, L):
+def forward(prog, tape, rewards, seq, th, X, vals, full, fac, L):
     """Every pass of every reward sequence, unit by unit: ``X[j] = z_{j+1}`` with
     ``z_{j+1} = F(ρ_r∘z_j)``, ``ρ_r = rewards[:, seq[r, j]]``, ``z_0 = 1``, for all ``r``
     at once (layout of :func:`solve_unit`). ``rewards`` is vertex-major (V, M).
 
     ``vals`` is a one-unit buffer that each unit is replayed into, or with ``full`` every
-    unit's values already (:func:`replay_units`), unit ``u`` at ``unit_optr[u]·L``.
+    unit's values already (:func:`prepare_units`), unit ``u`` at ``unit_optr[u]·L``.
+    ``fac``: every solve block's factors already (:func:`prepare_units`, one θ), or
+    :func:`no_factors` to factorise each block right before its solve.
     Returns False if a rate was not a positive finite number.
     """
     R, k = seq.shape
@@ -480,7 +482,7 @@ def forward(prog, tape, rewards, seq, th, X, vals, full, L):
             ok = replay_unit(prog, u, th, uvals, L) & ok
         solved = unit_kind[u] == UNIT_SOLVE
         if solved:
-            factor_block(tape, u, uvals, ws, L)
+            ws = _block_factors(tape, u, uvals, ws, fac, L)
         first, last = unit_ptr[u], unit_ptr[u + 1]
         for j in range(k):
             xj = X[j]
@@ -498,26 +500,78 @@ def forward(prog, tape, rewards, seq, th, X, vals, full, L):
 
 
 @njit(**_JIT)
+def no_factors():
+    """An empty factor bundle: blocks are factorised where they are solved."""
+    z = np.empty(0)
+    i = np.empty(0, dtype=np.int64)
+    return z, z, i, i, i
+
+
+@njit(**_JIT)
+def factor_store(tape):
+    """Empty buffers ``(F, d, hi, lo, fptr)`` for every solve block's factors at one θ:
+    block ``u``'s matrix at ``F[fptr[u] : fptr[u + 1]]``, its pivots and spans at its
+    vertices' positions."""
+    unit_ptr, unit_kind = tape[0], tape[13]
+    n = unit_kind.shape[0]
+    fptr = np.zeros(n + 1, dtype=np.int64)
+    for u in range(n):
+        k = unit_ptr[u + 1] - unit_ptr[u]
+        fptr[u + 1] = fptr[u] + (k * k if unit_kind[u] == UNIT_SOLVE else 0)
+    V = unit_ptr[n]
+    return (
+        np.empty(fptr[n]),
+        np.empty(V),
+        np.empty(V, dtype=np.int64),
+        np.empty(V, dtype=np.int64),
+        fptr,
+    )
+
+
+@njit(**_JIT)
+def _stored(fac, ws, u, first, last):
+    """Block ``u``'s factors in ``fac`` as a workspace (scratch ``e``, ``h`` from ``ws``)."""
+    F, d, hi, lo, fptr = fac
+    return F[fptr[u] : fptr[u + 1]], ws[1], d[first:last], hi[first:last], lo[first:last], ws[5]
+
+
+@njit(**_JIT)
+def _block_factors(tape, u, uvals, ws, fac, L):
+    """Solve block ``u``'s factors: from ``fac`` when they were stored there (one θ),
+    else factorised into ``ws`` now."""
+    if fac[4].shape[0]:
+        unit_ptr = tape[0]
+        return _stored(fac, ws, u, unit_ptr[u], unit_ptr[u + 1])
+    factor_block(tape, u, uvals, ws, L)
+    return ws
+
+
+@njit(**_JIT)
+def prepare_units(prog, tape, first, last, th, vals, fac):
+    """Replay units ``first:last`` for one θ into ``vals`` (every unit at its own slots)
+    and factorise their solve blocks into ``fac`` (:func:`factor_store`).
+
+    Units are independent, so threads can prepare disjoint ranges at the same time.
+    Returns False if a rate was not a positive finite number.
+    """
+    unit_optr, unit_ptr, unit_kind = prog[0], tape[0], tape[13]
+    ws = workspace(tape, 1)
+    ok = True
+    for u in range(first, last):
+        uvals = vals[unit_optr[u] : unit_optr[u + 1]]
+        ok = replay_unit(prog, u, th, uvals, 1) & ok
+        if unit_kind[u] == UNIT_SOLVE:
+            factor_block(tape, u, uvals, _stored(fac, ws, u, unit_ptr[u], unit_ptr[u + 1]), 1)
+    return ok
+
+
+@njit(**_JIT)
 def _unit_values(prog, u, th, vals, full, L):
     """Unit ``u``'s values: all of ``vals`` (a one-unit buffer), or its block of ``vals``."""
     if not full:
         return vals
     unit_optr = prog[0]
     return vals[unit_optr[u] * L : unit_optr[u + 1] * L]
-
-
-@njit(**_JIT)
-def replay_units(prog, first, last, th, vals):
-    """Replay units ``first:last`` for one θ into ``vals`` (every unit at its own slots).
-
-    Units are independent, so threads can replay disjoint ranges at the same time.
-    Returns False if a rate was not a positive finite number.
-    """
-    unit_optr = prog[0]
-    ok = True
-    for u in range(first, last):
-        ok = replay_unit(prog, u, th, vals[unit_optr[u] : unit_optr[u + 1]], 1) & ok
-    return ok
 
 
 @njit(**_JIT)
@@ -530,7 +584,7 @@ def block(th, b0, B, L):
 
 
 @njit(**_JIT)
-def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, L):
+def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, fac, L):
     """``out[b, r, j] = fact[j]·z_{j+1}[S]`` (see :func:`forward`) for every θ of ``th``.
 
     With ``seq[r, j] = r`` and ``fact[j] = (j+1)!`` that is ``E[Y_r^(j+1)]``. Returns
@@ -544,7 +598,7 @@ def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, L
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
         thb = block(th, b0, B, L)
-        if not forward(prog, tape, rewards, seq, thb, X, vals, full, L):
+        if not forward(prog, tape, rewards, seq, thb, X, vals, full, fac, L):
             bad[b0 : b0 + L] = bad_rates(prog, thb)[: min(L, B - b0)]
         for ln in range(min(L, B - b0)):
             for r in range(R):
@@ -554,7 +608,7 @@ def _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, L
 
 
 @njit(**_JIT)
-def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, L):
+def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, fac, L):
     """Moments ``E[Y_r^(j+1)]`` and ``jac[b, r, j, p] = ∂E[Y_r^(j+1)]/∂θ_p``.
 
     Forward passes as :func:`forward`; then, units in π order, the adjoint chain
@@ -581,7 +635,7 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
         thb = block(th, b0, B, L)
-        if not forward(prog, tape, rewards, seq, thb, X, vals, full, L):
+        if not forward(prog, tape, rewards, seq, thb, X, vals, full, fac, L):
             bad[b0 : b0 + L] = bad_rates(prog, thb)[: min(L, B - b0)]
         y1[:] = 0.0
         T[:] = 0.0
@@ -594,7 +648,7 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
                 replay_unit(prog, u, thb, uvals, L)
             solved = unit_kind[u] == UNIT_SOLVE
             if solved:
-                factor_block(tape, u, uvals, ws, L)
+                ws = _block_factors(tape, u, uvals, ws, fac, L)
                 solve_block_transposed(tape, u, uvals, ws, y1, 1, L)
             else:
                 solve_unit_transposed(tape, u, uvals, y1, q, 1, L)
@@ -648,24 +702,31 @@ LANE_CHOICES = (1, 16)
 
 
 @njit(**_JIT)
-def moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, lanes):
+def moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, fac, lanes):
     """:func:`_moments_chunk` for ``lanes`` in :data:`LANE_CHOICES`.
 
     The branches pass constants, so each specialisation is chosen when this function is
     compiled, not on every call. ``vals``: a one-unit buffer of ``lanes`` θ, or (``full``,
-    one θ) every unit's values from :func:`replay_units`.
+    one θ) every unit's values from :func:`prepare_units`; ``fac``: the solve blocks'
+    factors from it, or :func:`no_factors`.
     """
     if lanes == 1:
-        return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, 1)
-    return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, False, 16)
+        return _moments_chunk(prog, tape, start, rewards, seq, fact, th, out, vals, full, fac, 1)
+    return _moments_chunk(
+        prog, tape, start, rewards, seq, fact, th, out, vals, False, no_factors(), 16
+    )
 
 
 @njit(**_JIT)
-def jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, lanes):
+def jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, fac, lanes):
     """:func:`_jacobian_chunk` for ``lanes`` in :data:`LANE_CHOICES` (as :func:`moments_chunk`)."""
     if lanes == 1:
-        return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, 1)
-    return _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals, False, 16)
+        return _jacobian_chunk(
+            prog, tape, grads, start, rewards, fact, th, out, jac, vals, full, fac, 1
+        )
+    return _jacobian_chunk(
+        prog, tape, grads, start, rewards, fact, th, out, jac, vals, False, no_factors(), 16
+    )
 
 
 @njit(**_JIT)
