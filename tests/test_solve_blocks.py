@@ -346,3 +346,39 @@ def test_last_run_stats_say_which_path_each_scc_took(blocks222):
     assert stats.largest_solved == sizes[solved].max()
     assert stats.largest_taped == sizes[~solved].max()
     assert "solve blocks" in str(stats)
+
+
+def test_work_that_would_not_fit_is_refused_before_it_starts(monkeypatch, blocks222):
+    """Recording and evaluation estimate their memory first and say how much they need."""
+    from phasetrace import _memory
+
+    g, trace = blocks222
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 1000)
+    with pytest.raises(pt.InsufficientMemoryError, match=r"recording .* needs about") as err:
+        pt.record_trace(g)
+    assert err.value.needed > err.value.available == 1000
+    with pytest.raises(pt.InsufficientMemoryError, match="recording this graph"):
+        pt.compute_trace(g, strategy="sequential", cache=False)
+    with pytest.raises(pt.InsufficientMemoryError, match=r"evaluating 2 moment.*largest solve"):
+        trace.moments([1.0, 0.7], k=2)
+    with pytest.raises(pt.InsufficientMemoryError, match="derivatives"):
+        trace.moments_and_jacobian([1.0, 0.7])
+    monkeypatch.setattr(_memory, "available_bytes", lambda: None)  # unknown: nothing refused
+    assert pt.record_trace(g).digest() == trace.digest()
+
+
+def test_recording_memory_estimate_bounds_what_recording_allocates():
+    import tracemalloc
+
+    from phasetrace.elimination import RECORD_BYTES_PER_OP, STITCH_BYTES_PER_OP, estimated_ops
+
+    for g in (
+        pt.models.two_island(60),
+        pt.models.structured_coalescent((3, 3), state_space="blocks"),
+    ):
+        ops = [estimated_ops(u) for u in decompose(g).units]
+        tracemalloc.start()
+        pt.record_trace(g)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak <= sum(ops) * STITCH_BYTES_PER_OP + max(ops) * RECORD_BYTES_PER_OP

@@ -70,6 +70,11 @@ from .scc import KIND_START, WorkUnit
 #: "Solve blocks"). Below either, the taped elimination is cheaper to evaluate.
 SOLVE_MIN_STATES = 16
 SOLVE_MIN_FILL = 1.0
+#: Bytes per op while a unit is recorded (the recorder's Python lists; measured 100–235).
+RECORD_BYTES_PER_OP = 250
+#: Bytes per op of a whole trace while it is stitched and kept (unit arrays, stitching
+#: temporaries, the trace; measured 110–180).
+STITCH_BYTES_PER_OP = 200
 
 
 class _Program:
@@ -203,6 +208,50 @@ def elimination_estimate(unit: WorkUnit) -> int:
     return int(rows @ cols)
 
 
+def estimated_ops(unit: WorkUnit) -> int:
+    """About how many ops ``unit``'s recording will have: one per edge (its rate), a few
+    per state, and for a taped unit its :func:`elimination_estimate` (a solve block
+    records none of its elimination).
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> from phasetrace.scc import decompose
+    >>> [estimated_ops(u) for u in decompose(pt.models.two_island(3)).units]
+    [5, 29, 20]
+    """
+    k = unit.n_internal
+    if k < 2:
+        return unit.n_edges + 4 * k
+    estimate = elimination_estimate(unit)
+    if _solves(unit, estimate):
+        return unit.n_edges + k
+    return unit.n_edges + estimate + 4 * k
+
+
+def check_recording_memory(stitched_ops: float, recorded_ops, what: str) -> None:
+    """Refuse a recording whose estimated peak memory is more than is free.
+
+    ``stitched_ops``: the :func:`estimated_ops` of the whole trace(s) stitched and kept;
+    ``recorded_ops``: those of the units recorded at the same time on this machine.
+
+    Raises
+    ------
+    InsufficientMemoryError
+        Naming the size of the trace and of its largest unit.
+    """
+    from ._memory import require
+
+    recorded = [float(n) for n in recorded_ops]
+    needed = stitched_ops * STITCH_BYTES_PER_OP + sum(recorded) * RECORD_BYTES_PER_OP
+    require(
+        needed,
+        f"recording {what} (about {int(stitched_ops):,} ops; its largest unit about "
+        f"{int(max(recorded, default=0)):,})",
+        "record fewer graphs per call or with fewer workers, or use a smaller state space",
+    )
+
+
 def solves_at_evaluation(unit: WorkUnit) -> bool:
     """Whether ``unit`` is recorded as a solve block (factorised at evaluation time).
 
@@ -221,7 +270,14 @@ def solves_at_evaluation(unit: WorkUnit) -> bool:
     k = unit.n_internal
     if unit.kind == KIND_START or k < SOLVE_MIN_STATES:
         return False
-    return elimination_estimate(unit) >= SOLVE_MIN_FILL * k * k
+    return _solves(unit, elimination_estimate(unit))
+
+
+def _solves(unit: WorkUnit, estimate: int) -> bool:
+    k = unit.n_internal
+    if unit.kind == KIND_START or k < SOLVE_MIN_STATES:
+        return False
+    return estimate >= SOLVE_MIN_FILL * k * k
 
 
 def _record_block(rows, exits, prog: _Program) -> dict[str, np.ndarray]:

@@ -288,6 +288,8 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
     rewards = _vertex_major(rewards)
     seq = np.ascontiguousarray(seq, dtype=np.int64)
     scale = np.ascontiguousarray(scale, dtype=np.float64)
+    pieces = _pieces(B, R)
+    _check_memory(ct, pieces, k, 0, B)
     prepared = _prepare_one(ct, thetas, bad, R)
 
     def piece(ths: slice, rs: slice) -> None:
@@ -302,7 +304,7 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
         np.maximum(bad[ths], flags, out=bad[ths])
         out[ths, rs] = part
 
-    _run(piece, _pieces(B, R))
+    _run(piece, pieces)
 
     def redo(b: int, prog: tuple) -> tuple[np.ndarray]:
         part = np.empty((1, R, k))
@@ -332,6 +334,8 @@ def moments_and_jacobian(
     jac = np.empty((B, R, k, P))
     bad = np.full(B, -1, dtype=np.int64)
     fact = _factorials(k)
+    pieces = _pieces(B, R)
+    _check_memory(ct, pieces, k, P, B)
     prepared = _prepare_one(ct, thetas, bad, R, jacobian=True)
 
     def piece(ths: slice, rs: slice) -> None:
@@ -347,7 +351,7 @@ def moments_and_jacobian(
         np.maximum(bad[ths], flags, out=bad[ths])
         out[ths, rs], jac[ths, rs] = part, part_jac
 
-    _run(piece, _pieces(B, R))
+    _run(piece, pieces)
 
     def redo(b: int, prog: tuple) -> tuple[np.ndarray, np.ndarray]:
         part, part_jac = np.empty((1, R, k)), np.empty((1, R, k, P))
@@ -358,6 +362,34 @@ def moments_and_jacobian(
         return part[0], part_jac[0]
 
     return _finish(trace, bad, thetas, check, redo, out, jac)
+
+
+def _check_memory(ct: CompiledTrace, pieces, k: int, P: int, B: int) -> None:
+    """Refuse an evaluation whose work arrays would not fit in the free memory.
+
+    Per piece (thread): ``k`` moment vectors of ``n_vertices`` per reward vector and lane
+    (``2k`` with a Jacobian, ``P`` > 0), one unit's values and the largest solve block's
+    factors per lane; for one θ, every unit's values and the solve blocks' factors.
+    """
+    from ._memory import format_bytes, require
+
+    vectors = 2 * k if P else k
+    needed = 0.0  # the outputs are allocated already
+    for ths, rs in pieces:
+        n_r = rs.stop - rs.start
+        lanes = ct.lanes(ths.stop - ths.start, n_r * vectors)
+        needed += 8.0 * lanes * (vectors * n_r * ct.n_vertices + ct.max_unit_ops)
+        needed += 8.0 * lanes * ct.max_block**2
+    if B == 1:
+        needed += 8.0 * (ct.n_ops + ct.block_entries)
+    R = max(rs.stop for _, rs in pieces)
+    require(
+        needed,
+        f"evaluating {k} moment(s){' and their derivatives' if P else ''} of {R} reward "
+        f"vector(s) for {B} θ on a trace of {ct.n_vertices:,} vertices (largest solve "
+        f"block: {ct.max_block:,} states, {format_bytes(8.0 * ct.max_block**2)} per θ)",
+        "evaluate fewer reward vectors per call",
+    )
 
 
 def _prepare_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray, R: int, *, jacobian=False):
