@@ -353,6 +353,17 @@ class Trace:
         return total[0] if single else total
 
 
+def _unit_diffs(ptrs: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``np.diff`` of every unit's pointer array (``k[u] + 1`` entries each, concatenated),
+    in one pass: the differences across unit boundaries are dropped."""
+    if ptrs.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    boundary = np.cumsum(k + 1)[:-1] - 1  # last entry of each unit but the last one
+    keep = np.ones(ptrs.size - 1, dtype=bool)
+    keep[boundary] = False
+    return np.diff(ptrs)[keep]
+
+
 def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndarray]]) -> Trace:
     """Concatenate unit traces into the whole-graph trace, units in π order.
 
@@ -369,15 +380,34 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     k = np.array([u.n_internal for u in d.units], dtype=np.int64)
     n_internal = int(k.sum())
 
-    def cat(name, dtype=np.int64, source=uts):
-        parts = [x[name] for x in source]
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-
-    def lengths(name):
-        return np.array([x[name].shape[0] for x in uts], dtype=np.int64)
+    # Units with equal content share one recording (the pipeline deduplicates by key), so
+    # each distinct recording is concatenated once and gathered for every unit using it.
+    index: dict[int, int] = {}
+    distinct = []
+    for x in uts:
+        if index.setdefault(id(x), len(distinct)) == len(distinct):
+            distinct.append(x)
+    which = np.array([index[id(x)] for x in uts], dtype=np.int64)
 
     def starts(lens):
         return np.cumsum(lens) - lens
+
+    def lengths(name):
+        return np.array([x[name].shape[0] for x in distinct], dtype=np.int64)[which]
+
+    def cat(name, dtype=np.int64, source=None):
+        if source is not None:  # other per-unit arrays, in unit order
+            parts = [x[name] for x in source]
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+        if not distinct:
+            return np.zeros(0, dtype=dtype)
+        flat = np.concatenate([x[name] for x in distinct]).astype(dtype)
+        if len(distinct) == len(uts):
+            return flat
+        lens_d = np.array([x[name].shape[0] for x in distinct], dtype=np.int64)
+        lens = lens_d[which]
+        gather = np.repeat(starts(lens_d)[which] - starts(lens), lens) + np.arange(lens.sum())
+        return flat[gather]
 
     n_ops = lengths("code")
     slot0 = starts(n_ops)
@@ -439,16 +469,20 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     arrays["sigma"] = sigma
     for name in ("row_ptr", "exit_ptr"):
         per_vertex = np.zeros(n, dtype=np.int64)
-        if uts:
-            per_vertex[:n_internal] = np.concatenate([np.diff(x[name]) for x in uts])
+        per_vertex[:n_internal] = _unit_diffs(cat(name), k)
         arrays[name] = np.concatenate([[0], np.cumsum(per_vertex)])
-    units = [{"ptr": u.ptr, "dst": u.dst, "base": u.base} for u in d.units]
-    out_deg = np.concatenate([np.diff(u.ptr) for u in d.units]) if units else np.zeros(0, int)
-    arrays["input_base"] = cat("base", np.float64, units)
-    coefs = [u.coef for u in d.units] or [np.zeros((0, d.n_params))]
-    arrays["input_coef"] = np.concatenate(coefs).reshape(int(edges.sum()), d.n_params)
+    if d.edges is not None:  # every unit's edges, gathered by decompose already
+        vptr, dst, base, coef = d.edges
+        out_deg = np.diff(vptr)
+    else:
+        units = [{"ptr": u.ptr, "dst": u.dst, "base": u.base} for u in d.units]
+        out_deg = _unit_diffs(cat("ptr", np.int64, units), k)
+        dst, base = cat("dst", np.int64, units), cat("base", np.float64, units)
+        coef = np.concatenate([u.coef for u in d.units] or [np.zeros((0, d.n_params))])
+    arrays["input_base"] = np.asarray(base, dtype=np.float64)
+    arrays["input_coef"] = np.asarray(coef, dtype=np.float64).reshape(int(edges.sum()), d.n_params)
     arrays["input_src"] = np.repeat(np.arange(n_internal), out_deg)
-    arrays["input_dst"] = vmap[np.repeat(vm0, edges) + cat("dst", np.int64, units)]
+    arrays["input_dst"] = vmap[np.repeat(vm0, edges) + dst]
     kinds = np.full(n, VERTEX_ABSORBING, dtype=np.int8)
     kinds[:n_internal] = VERTEX_TRANSIENT
     if d.units and d.units[0].kind == 1:
