@@ -370,15 +370,17 @@ def test_work_that_would_not_fit_is_refused_before_it_starts(monkeypatch, blocks
 def test_recording_memory_estimate_bounds_what_recording_allocates():
     import tracemalloc
 
-    from phasetrace.elimination import RECORD_BYTES_PER_OP, STITCH_BYTES_PER_OP, estimated_ops
+    from phasetrace.elimination import estimated_ops, recording_bytes
 
-    for g in (
-        pt.models.two_island(60),
-        pt.models.structured_coalescent((3, 3), state_space="blocks"),
-    ):
+    from phasetrace.elimination import BASE_BYTES
+
+    pt.record_trace(pt.models.kingman(5))  # modules imported, kernels loaded
+    for g in (pt.models.two_island(300), pt.models.kingman(33)):  # long chains; many units
         ops = [estimated_ops(u) for u in decompose(g).units]
+        estimate = recording_bytes(sum(ops), len(ops), [max(ops)])
+        assert estimate >= 2 * BASE_BYTES  # the per-op and per-unit terms dominate
         tracemalloc.start()
         pt.record_trace(g)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert peak <= sum(ops) * STITCH_BYTES_PER_OP + max(ops) * RECORD_BYTES_PER_OP
+        assert peak <= estimate

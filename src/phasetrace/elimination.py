@@ -75,6 +75,10 @@ RECORD_BYTES_PER_OP = 250
 #: Bytes per op of a whole trace while it is stitched and kept (unit arrays, stitching
 #: temporaries, the trace; measured 110–180).
 STITCH_BYTES_PER_OP = 200
+#: Bytes per unit (its WorkUnit and its recording's arrays: measured 3–6 kB) and a floor
+#: for the whole call.
+UNIT_BYTES = 8000
+BASE_BYTES = 32 * 1024**2
 
 
 class _Program:
@@ -229,11 +233,25 @@ def estimated_ops(unit: WorkUnit) -> int:
     return unit.n_edges + estimate + 4 * k
 
 
-def check_recording_memory(stitched_ops: float, recorded_ops, what: str) -> None:
-    """Refuse a recording whose estimated peak memory is more than is free.
+def recording_bytes(stitched_ops: float, n_units: int, recorded_ops) -> float:
+    """Estimated peak memory of recording and stitching.
 
-    ``stitched_ops``: the :func:`estimated_ops` of the whole trace(s) stitched and kept;
-    ``recorded_ops``: those of the units recorded at the same time on this machine.
+    ``stitched_ops``: the :func:`estimated_ops` of the whole trace(s) stitched and kept,
+    ``n_units`` their units; ``recorded_ops``: those of the units recorded at the same
+    time on this machine.
+    """
+    recorded = sum(float(n) for n in recorded_ops)
+    return (
+        BASE_BYTES
+        + stitched_ops * STITCH_BYTES_PER_OP
+        + n_units * UNIT_BYTES
+        + recorded * RECORD_BYTES_PER_OP
+    )
+
+
+def check_recording_memory(stitched_ops: float, n_units: int, recorded_ops, what: str) -> None:
+    """Refuse a recording whose estimated peak memory (:func:`recording_bytes`) is more
+    than is free.
 
     Raises
     ------
@@ -243,9 +261,8 @@ def check_recording_memory(stitched_ops: float, recorded_ops, what: str) -> None
     from ._memory import require
 
     recorded = [float(n) for n in recorded_ops]
-    needed = stitched_ops * STITCH_BYTES_PER_OP + sum(recorded) * RECORD_BYTES_PER_OP
     require(
-        needed,
+        recording_bytes(stitched_ops, n_units, recorded),
         f"recording {what} (about {int(stitched_ops):,} ops; its largest unit about "
         f"{int(max(recorded, default=0)):,})",
         "record fewer graphs per call or with fewer workers, or use a smaller state space",

@@ -472,7 +472,8 @@ def _check_memory(plans: Sequence[_GraphPlan], missing: Sequence[WorkItem], sett
         workers = resolve_n_workers(settings.n_workers)
     stitched = sum(sum(p.ops.values()) for p in plans)
     what = f"{len(plans)} graphs" if len(plans) > 1 else "this graph"
-    check_recording_memory(stitched, sorted(recorded, reverse=True)[:workers], what)
+    n_units = sum(len(p.keys) for p in plans)
+    check_recording_memory(stitched, n_units, sorted(recorded, reverse=True)[:workers], what)
 
 
 #: Strategies whose workers run on this machine.

@@ -33,5 +33,6 @@ def record_trace(graph: Graph) -> Trace:
     graph.validate()
     d = decompose(graph)
     ops = [estimated_ops(u) for u in d.units]
-    check_recording_memory(sum(ops), [max(ops, default=0)], f"a graph of {len(graph):,} states")
+    what = f"a graph of {len(graph):,} states"
+    check_recording_memory(sum(ops), len(ops), [max(ops, default=0)], what)
     return stitch(d, [record_unit(u) for u in d.units])
