@@ -370,9 +370,7 @@ def test_work_that_would_not_fit_is_refused_before_it_starts(monkeypatch, blocks
 def test_recording_memory_estimate_bounds_what_recording_allocates():
     import tracemalloc
 
-    from phasetrace.elimination import estimated_ops, recording_bytes
-
-    from phasetrace.elimination import BASE_BYTES
+    from phasetrace.elimination import BASE_BYTES, estimated_ops, recording_bytes
 
     pt.record_trace(pt.models.kingman(5))  # modules imported, kernels loaded
     for g in (pt.models.two_island(300), pt.models.kingman(33)):  # long chains; many units

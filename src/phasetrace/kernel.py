@@ -290,7 +290,7 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
     scale = np.ascontiguousarray(scale, dtype=np.float64)
     pieces = _pieces(B, R)
     _check_memory(ct, pieces, k, 0, B)
-    prepared = _prepare_one(ct, thetas, bad, R)
+    prepared = _prepare_one(ct, thetas, bad, pieces)
 
     def piece(ths: slice, rs: slice) -> None:
         th = thetas[ths]
@@ -336,7 +336,7 @@ def moments_and_jacobian(
     fact = _factorials(k)
     pieces = _pieces(B, R)
     _check_memory(ct, pieces, k, P, B)
-    prepared = _prepare_one(ct, thetas, bad, R, jacobian=True)
+    prepared = _prepare_one(ct, thetas, bad, pieces, jacobian=True)
 
     def piece(ths: slice, rs: slice) -> None:
         th = thetas[ths]
@@ -392,7 +392,7 @@ def _check_memory(ct: CompiledTrace, pieces, k: int, P: int, B: int) -> None:
     )
 
 
-def _prepare_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray, R: int, *, jacobian=False):
+def _prepare_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray, pieces, jacobian=False):
     """For one θ: every unit's values and every solve block's factors, computed on all
     threads first (units are independent), or None where that does not pay.
 
@@ -403,10 +403,12 @@ def _prepare_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray, R: int,
     """
     if thetas.shape[0] != 1:
         return None
-    n = _threads()
     work = float(ct.unit_work.sum())
-    reuse = ct.block_entries > 0 and (jacobian or len(_pieces(1, R)) > 1)
-    if not reuse and (n < 2 or work < PARALLEL_REPLAY_MIN_OPS):
+    reuse = ct.block_entries > 0 and (jacobian or len(pieces) > 1)
+    if not reuse and work < PARALLEL_REPLAY_MIN_OPS:
+        return None
+    n = _threads()
+    if not reuse and n < 2:
         return None
     vals = np.empty(ct.n_ops)
     store = ct.block_entries and 8 * ct.block_entries <= FACTOR_STORE_BYTES

@@ -447,6 +447,25 @@ def resolve(**explicit: Any) -> Settings:
     return Settings(**values)
 
 
+def resolve_setting(name: str, explicit: Any = UNSET) -> Any:
+    """One setting, resolved as :func:`resolve` does, without checking the others (a bad
+    environment value of another setting is no error here).
+
+    Examples
+    --------
+    >>> with config(max_states=10):
+    ...     resolve_setting("max_states"), resolve_setting("max_states", 5)
+    (10, 5)
+    """
+    if name not in _CHECKS:
+        raise TypeError(f"unknown setting {name!r}; settings are: {', '.join(_FIELDS)}")
+    for layer in (_validated({name: explicit}), _block_layer.get(), _process_layer):
+        if name in layer:
+            return layer[name]
+    env = _env_value(name)
+    return getattr(_DEFAULTS, name) if env is UNSET else env
+
+
 def get_settings() -> Settings:
     """The settings in effect here (``resolve()`` with no explicit argument).
 
