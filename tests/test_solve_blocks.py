@@ -354,6 +354,7 @@ def test_work_that_would_not_fit_is_refused_before_it_starts(monkeypatch, blocks
 
     g, trace = blocks222
     monkeypatch.setattr(_memory, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(_memory, "MIN_CHECKED_BYTES", 0)
     with pytest.raises(pt.InsufficientMemoryError, match=r"recording .* needs about") as err:
         pt.record_trace(g)
     assert err.value.needed > err.value.available == 1000

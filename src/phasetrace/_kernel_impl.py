@@ -34,7 +34,7 @@ Array bundles (tuples, so the signatures stay short), all slots local to their u
   ``coef_t`` of shape (P, E); a unit's first ops are its edges' rates, in edge order;
 - ``tape = (unit_ptr, unit_xptr, exit_ptr, exit_dst, exit_slot, x_kind, x_u, x_v,
   x_coef, row_ptr, row_dst, row_slot, sigma, unit_kind)``;
-- ``ws = (F, e, d, hi, lo, h)``: the factors of one solve block for ``L`` lanes
+- ``ws = (F, e, d, hi, lo, h)``: the factors of one solve block at one lane
   (:func:`workspace`, filled by :func:`factor_block`);
 - ``grads = (unit_gptr, src, dst, coef)``: parameterised edges grouped by unit.
 
@@ -47,7 +47,7 @@ another function: a call passes every array with reference counting, which measu
 several times the work of a short loop.
 
 **Solve blocks** (``unit_kind``) are factorised at θ instead of replayed op by op: the
-block's rates are scattered into a dense ``k × k`` matrix (one per lane), and a GTH LU
+block's rates are scattered into a dense ``k × k`` matrix (one lane at a time), and a GTH LU
 runs on it row by row (:func:`factor_block`): row ``i`` takes, for each earlier row ``t``
 with a non-zero entry ``(i, t)`` in increasing ``t``, the multiplier ``a = R_it / d_t`` and
 ``R_iw += a·R_tw`` over row ``t``'s span, ``ε_i += a·ε_t``; its pivot is then
@@ -143,17 +143,17 @@ def replay_unit(prog, u, th, vals, L):
 
 
 @njit(**_JIT)
-def workspace(tape, L):
-    """The factor workspace ``(F, e, d, hi, lo, h)`` for the largest solve block and
-    ``L`` lanes (empty arrays when the trace has none)."""
+def workspace(tape):
+    """The factor workspace ``(F, e, d, hi, lo, h)`` of one lane of the largest solve
+    block (empty arrays when the trace has none)."""
     unit_ptr, unit_kind = tape[0], tape[13]
     kmax = 0
     for u in range(unit_kind.shape[0]):
         if unit_kind[u] == UNIT_SOLVE:
             kmax = max(kmax, unit_ptr[u + 1] - unit_ptr[u])
-    F = np.empty(kmax * kmax * L)
-    e = np.empty(kmax * L)
-    d = np.empty(kmax * L)
+    F = np.empty(kmax * kmax)
+    e = np.empty(kmax)
+    d = np.empty(kmax)
     hi = np.empty(kmax, dtype=np.int64)
     lo = np.empty(kmax, dtype=np.int64)
     h = np.empty(kmax, dtype=np.int64)
@@ -161,186 +161,164 @@ def workspace(tape, L):
 
 
 @njit(**_JIT)
-def factor_block(tape, u, vals, ws, L):
-    """Factorise solve block ``u`` at the lanes of ``vals`` (after :func:`replay_unit`).
+def factor_block(tape, u, vals, ws, L, ln):
+    """Factorise solve block ``u`` at lane ``ln`` of ``vals`` (after :func:`replay_unit`).
 
-    Lane ``ln``'s matrix is ``F[ln·k² : (ln + 1)·k²]``, row-major: after the call it holds
-    the multiplier ``a_iw`` at ``(i, w)`` for ``w < i`` and the final row entry ``R_iw`` for
-    ``w > i`` (the diagonal is scratch); ``d[ln·k + i]`` the pivots; ``hi[i]`` the last
-    column of row ``i`` that can be non-zero in any lane and ``lo[i]`` its first. Lanes
-    are factorised one after the other, each in its own matrix (a batch's matrices
-    together would leave the caches).
+    After the call ``F`` (row-major, ``k × k``) holds the multiplier ``a_iw`` at ``(i, w)``
+    for ``w < i`` and the final row entry ``R_iw`` for ``w > i`` (the diagonal is scratch),
+    ``d`` the pivots, ``hi[i]`` the last column of row ``i`` that can be non-zero and
+    ``lo[i]`` its first. One lane at a time: a batch's matrices together would leave the
+    caches, and each lane's factors serve all its solves before the next is factorised.
     """
     unit_ptr, row_ptr, row_dst, row_slot, sigma = tape[0], tape[9], tape[10], tape[11], tape[12]
-    F, e, d, hi, lo, h = ws
+    M, e, d, hi, lo, _ = ws
     first = unit_ptr[u]
     k = unit_ptr[u + 1] - first
-    kk = k * k
-    F[: L * kk] = 0.0
+    M[: k * k] = 0.0
     for i in range(k):  # assemble: rates in place, exit masses
         v = first + i
         lo[i] = i
         hi[i] = i
         for t in range(row_ptr[v], row_ptr[v + 1]):
             j = row_dst[t] - first
-            s = row_slot[t] * L
-            for ln in range(L):
-                F[ln * kk + i * k + j] = vals[s + ln]
+            M[i * k + j] = vals[row_slot[t] * L + ln]
             lo[i] = min(lo[i], j)
             hi[i] = max(hi[i], j)
         s = sigma[v]
-        for ln in range(L):
-            e[ln * k + i] = vals[s * L + ln] if s >= 0 else 0.0
-    for ln in range(L):
-        M = F[ln * kk : (ln + 1) * kk]
-        el = e[ln * k : (ln + 1) * k]
-        dl = d[ln * k : (ln + 1) * k]
-        h[:k] = hi[:k]
-        for i in range(k):
-            ri = i * k
-            for t in range(lo[i], i):
-                if M[ri + t] == 0.0:  # an exact zero: its updates would add exact zeros
-                    continue
-                a = M[ri + t] / dl[t]
-                M[ri + t] = a
-                el[i] = el[i] + a * el[t]
-                # Views and a loop from 0: the compiler vectorises it (measured 8× faster
-                # than indexing M directly).
-                x = M[ri + t + 1 : ri + h[t] + 1]
-                y = M[t * k + t + 1 : t * k + h[t] + 1]
-                for w in range(x.shape[0]):
-                    x[w] = x[w] + a * y[w]
-                h[i] = max(h[i], h[t])
-            row = M[ri + i + 1 : ri + h[i] + 1]  # GTH: the pivot from non-negative terms
-            acc = 0.0
-            for w in range(row.shape[0]):
-                acc = acc + row[w]
-            dl[i] = acc + el[i]
-        for i in range(k):
-            hi[i] = max(hi[i], h[i])
+        e[i] = vals[s * L + ln] if s >= 0 else 0.0
+    for i in range(k):
+        ri = i * k
+        for t in range(lo[i], i):
+            if M[ri + t] == 0.0:  # an exact zero: its updates would add exact zeros
+                continue
+            a = M[ri + t] / d[t]
+            M[ri + t] = a
+            e[i] = e[i] + a * e[t]
+            # Views and a loop from 0: the compiler vectorises it (measured 8× faster
+            # than indexing M directly).
+            x = M[ri + t + 1 : ri + hi[t] + 1]
+            y = M[t * k + t + 1 : t * k + hi[t] + 1]
+            for w in range(x.shape[0]):
+                x[w] = x[w] + a * y[w]
+            hi[i] = max(hi[i], hi[t])
+        row = M[ri + i + 1 : ri + hi[i] + 1]  # GTH: the pivot from non-negative terms
+        acc = 0.0
+        for w in range(row.shape[0]):
+            acc = acc + row[w]
+        d[i] = acc + e[i]
 
 
 @njit(**_JIT)
-def solve_block(tape, u, vals, ws, x, acc, R, L):
-    """``x ← F(x)`` on solve block ``u`` (layout of :func:`solve_unit`), from the factors
-    of :func:`factor_block` in ``ws``: exits folded in, then, lane by lane, forward with
-    the multipliers and back substitution with the pivots. Every sum runs in increasing
-    column order, zeros included (exactly as the numpy reference)."""
+def solve_block(tape, u, vals, ws, x, acc, R, L, ln):
+    """``x ← F(x)`` at lane ``ln`` on solve block ``u`` (layout of :func:`solve_unit`), from
+    that lane's factors (:func:`factor_block`): exits folded in, forward with the
+    multipliers, back substitution with the pivots. Every sum runs in increasing column
+    order, zeros included (exactly as the numpy reference)."""
     unit_ptr, exit_ptr, exit_dst, exit_slot = tape[0], tape[2], tape[3], tape[4]
-    F, _, d, hi, lo, _ = ws
+    M, _, d, hi, lo, _ = ws
     first = unit_ptr[u]
     k = unit_ptr[u + 1] - first
-    kk = k * k
     W = R * L
     for v in range(first, first + k):  # fold the exits: their values are final
-        o = v * W
+        o = v * W + ln
         for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            w, s = exit_dst[e] * W, exit_slot[e] * L
+            a, w = vals[exit_slot[e] * L + ln], exit_dst[e] * W + ln
             if W == 1:
-                x[o] = x[o] + vals[s] * x[w]
+                x[o] = x[o] + a * x[w]
             elif L == 1:
-                a, xo, xw = vals[s], x[o : o + W], x[w : w + W]
+                xo, xw = x[o : o + W], x[w : w + W]
                 for r in range(W):
                     xo[r] = xo[r] + a * xw[r]
             else:
                 for r in range(0, W, L):
-                    for ln in range(L):
-                        x[o + r + ln] = x[o + r + ln] + vals[s + ln] * x[w + r + ln]
-    for ln in range(L):
-        M = F[ln * kk : (ln + 1) * kk]
-        if W == 1:  # one right-hand side, one θ: sums in a register
-            for i in range(k):  # y_i += Σ_t a_it·y_t
-                row = M[i * k + lo[i] : i * k + i]
-                xs = x[first + lo[i] : first + i]
-                total = x[first + i]
-                for j in range(row.shape[0]):
-                    total = total + row[j] * xs[j]
-                x[first + i] = total
-            for i in range(k - 1, -1, -1):  # x_i = (y_i + Σ_w R_iw·x_w) / d_i
-                row = M[i * k + i + 1 : i * k + hi[i] + 1]
-                xs = x[first + i + 1 : first + hi[i] + 1]
-                total = 0.0
-                for j in range(row.shape[0]):
-                    total = total + row[j] * xs[j]
-                x[first + i] = (x[first + i] + total) / d[ln * k + i]
-            continue
-        for i in range(k):  # the same for R interleaved right-hand sides
-            o = (first + i) * W + ln
-            for t in range(lo[i], i):
-                a, w = M[i * k + t], (first + t) * W + ln
-                if L == 1:
-                    xo, xw = x[o : o + R], x[w : w + R]
-                    for r in range(R):
-                        xo[r] = xo[r] + a * xw[r]
-                else:
-                    for r in range(R):
-                        x[o + r * L] = x[o + r * L] + a * x[w + r * L]
-        for i in range(k - 1, -1, -1):
-            acc[:R] = 0.0
-            for c in range(i + 1, hi[i] + 1):
-                a, w = M[i * k + c], (first + c) * W + ln
-                if L == 1:
-                    xw = x[w : w + R]
-                    for r in range(R):
-                        acc[r] = acc[r] + a * xw[r]
-                else:
-                    for r in range(R):
-                        acc[r] = acc[r] + a * x[w + r * L]
-            o = (first + i) * W + ln
-            di = d[ln * k + i]
-            for r in range(R):
-                x[o + r * L] = (x[o + r * L] + acc[r]) / di
+                    x[o + r] = x[o + r] + a * x[w + r]
+    if W == 1:  # one right-hand side, one θ: sums in a register
+        for i in range(k):  # y_i += Σ_t a_it·y_t
+            row = M[i * k + lo[i] : i * k + i]
+            xs = x[first + lo[i] : first + i]
+            total = x[first + i]
+            for j in range(row.shape[0]):
+                total = total + row[j] * xs[j]
+            x[first + i] = total
+        for i in range(k - 1, -1, -1):  # x_i = (y_i + Σ_w R_iw·x_w) / d_i
+            row = M[i * k + i + 1 : i * k + hi[i] + 1]
+            xs = x[first + i + 1 : first + hi[i] + 1]
+            total = 0.0
+            for j in range(row.shape[0]):
+                total = total + row[j] * xs[j]
+            x[first + i] = (x[first + i] + total) / d[i]
+        return
+    for i in range(k):  # the same for R right-hand sides (lane ln of each)
+        o = (first + i) * W + ln
+        for t in range(lo[i], i):
+            a, w = M[i * k + t], (first + t) * W + ln
+            if L == 1:
+                xo, xw = x[o : o + R], x[w : w + R]
+                for r in range(R):
+                    xo[r] = xo[r] + a * xw[r]
+            else:
+                for r in range(R):
+                    x[o + r * L] = x[o + r * L] + a * x[w + r * L]
+    for i in range(k - 1, -1, -1):
+        acc[:R] = 0.0
+        for c in range(i + 1, hi[i] + 1):
+            a, w = M[i * k + c], (first + c) * W + ln
+            if L == 1:
+                xw = x[w : w + R]
+                for r in range(R):
+                    acc[r] = acc[r] + a * xw[r]
+            else:
+                for r in range(R):
+                    acc[r] = acc[r] + a * x[w + r * L]
+        o = (first + i) * W + ln
+        for r in range(R):
+            x[o + r * L] = (x[o + r * L] + acc[r]) / d[i]
 
 
 @njit(**_JIT)
-def solve_block_transposed(tape, u, vals, ws, t, R, L):
-    """``t ← A⁻ᵀ t`` on solve block ``u`` (layout and role of :func:`solve_unit_transposed`):
-    ``Uᵀ`` then ``Lᵀ`` lane by lane, each a scatter in increasing row order, then the
-    cotangents pushed into the exits."""
+def solve_block_transposed(tape, u, vals, ws, t, R, L, ln):
+    """``t ← A⁻ᵀ t`` at lane ``ln`` on solve block ``u`` (layout and role of
+    :func:`solve_unit_transposed`): ``Uᵀ`` then ``Lᵀ`` on that lane's factors, each a
+    scatter in increasing row order, then the cotangents pushed into the exits."""
     unit_ptr, exit_ptr, exit_dst, exit_slot = tape[0], tape[2], tape[3], tape[4]
-    F, _, d, hi, lo, _ = ws
+    M, _, d, hi, lo, _ = ws
     first = unit_ptr[u]
     k = unit_ptr[u + 1] - first
-    kk = k * k
     W = R * L
-    for ln in range(L):
-        M = F[ln * kk : (ln + 1) * kk]
-        for i in range(k):  # Uᵀ z = t: z_i = t_i / d_i, then t_w += R_iw·z_i
-            o = (first + i) * W + ln
-            di = d[ln * k + i]
+    for i in range(k):  # Uᵀ z = t: z_i = t_i / d_i, then t_w += R_iw·z_i
+        o = (first + i) * W + ln
+        for r in range(R):
+            t[o + r * L] = t[o + r * L] / d[i]
+        if W == 1:
+            row = M[i * k + i + 1 : i * k + hi[i] + 1]
+            ts = t[first + i + 1 : first + hi[i] + 1]
+            z = t[o]
+            for j in range(row.shape[0]):
+                ts[j] = ts[j] + row[j] * z
+            continue
+        for c in range(i + 1, hi[i] + 1):
+            a, w = M[i * k + c], (first + c) * W + ln
             for r in range(R):
-                t[o + r * L] = t[o + r * L] / di
-            if W == 1:
-                row = M[i * k + i + 1 : i * k + hi[i] + 1]
-                ts = t[first + i + 1 : first + hi[i] + 1]
-                z = t[o]
-                for j in range(row.shape[0]):
-                    ts[j] = ts[j] + row[j] * z
-                continue
-            for c in range(i + 1, hi[i] + 1):
-                a, w = M[i * k + c], (first + c) * W + ln
-                for r in range(R):
-                    t[w + r * L] = t[w + r * L] + a * t[o + r * L]
-        for i in range(k - 1, -1, -1):  # Lᵀ y = z: y_i is final, then t_c += a_ic·y_i
-            o = (first + i) * W + ln
-            if W == 1:
-                row = M[i * k + lo[i] : i * k + i]
-                ts = t[first + lo[i] : first + i]
-                y = t[o]
-                for j in range(row.shape[0]):
-                    ts[j] = ts[j] + row[j] * y
-                continue
-            for c in range(lo[i], i):
-                a, w = M[i * k + c], (first + c) * W + ln
-                for r in range(R):
-                    t[w + r * L] = t[w + r * L] + a * t[o + r * L]
+                t[w + r * L] = t[w + r * L] + a * t[o + r * L]
+    for i in range(k - 1, -1, -1):  # Lᵀ y = z: y_i is final, then t_c += a_ic·y_i
+        o = (first + i) * W + ln
+        if W == 1:
+            row = M[i * k + lo[i] : i * k + i]
+            ts = t[first + lo[i] : first + i]
+            y = t[o]
+            for j in range(row.shape[0]):
+                ts[j] = ts[j] + row[j] * y
+            continue
+        for c in range(lo[i], i):
+            a, w = M[i * k + c], (first + c) * W + ln
+            for r in range(R):
+                t[w + r * L] = t[w + r * L] + a * t[o + r * L]
     for v in range(first, first + k):  # push the cotangents into the exits
-        o = v * W
+        o = v * W + ln
         for e in range(exit_ptr[v], exit_ptr[v + 1]):
-            w, s = exit_dst[e] * W, exit_slot[e] * L
+            a, w = vals[exit_slot[e] * L + ln], exit_dst[e] * W + ln
             for r in range(0, W, L):
-                for ln in range(L):
-                    t[w + r + ln] = t[w + r + ln] + vals[s + ln] * t[o + r + ln]
+                t[w + r] = t[w + r] + a * t[o + r]
 
 
 @njit(**_JIT)
@@ -473,30 +451,43 @@ def forward(prog, tape, rewards, seq, th, X, vals, full, fac, L):
     unit_ptr = tape[0]
     acc = np.empty(W)
     unit_kind = tape[13]
-    ws = workspace(tape, L)
+    ws = workspace(tape)
     ok = True
     X[:] = 0.0  # absorbing vertices stay 0
     for u in range(unit_ptr.shape[0] - 2, -1, -1):
         uvals = _unit_values(prog, u, th, vals, full, L)
         if not full:
             ok = replay_unit(prog, u, th, uvals, L) & ok
-        solved = unit_kind[u] == UNIT_SOLVE
-        if solved:
-            ws = _block_factors(tape, u, uvals, ws, fac, L)
         first, last = unit_ptr[u], unit_ptr[u + 1]
-        for j in range(k):
-            xj = X[j]
-            for v in range(first, last):  # the right-hand side ρ∘z_j
-                for r in range(R):
-                    rv = rewards[v, seq[r, j]]
-                    o = (v * R + r) * L
-                    for ln in range(L):
-                        xj[o + ln] = rv if j == 0 else rv * X[j - 1, o + ln]
-            if solved:
-                solve_block(tape, u, uvals, ws, xj, acc, R, L)
-            else:
+        if unit_kind[u] != UNIT_SOLVE:
+            for j in range(k):
+                xj = X[j]
+                for v in range(first, last):  # the right-hand side ρ∘z_j (inline: per unit)
+                    for r in range(R):
+                        rv = rewards[v, seq[r, j]]
+                        o = (v * R + r) * L
+                        for ln in range(L):
+                            xj[o + ln] = rv if j == 0 else rv * X[j - 1, o + ln]
                 solve_unit(tape, u, uvals, xj, acc, R, L)
+            continue
+        for ln in range(L):  # a solve block: each lane's factors serve all its passes
+            lws = _block_factors(tape, u, uvals, ws, fac, L, ln)
+            for j in range(k):
+                _right_hand_sides(rewards, seq, X, j, first, last, R, L, ln, ln + 1)
+                solve_block(tape, u, uvals, lws, X[j], acc, R, L, ln)
     return ok
+
+
+@njit(**_JIT)
+def _right_hand_sides(rewards, seq, X, j, first, last, R, L, l0, l1):
+    """``X[j] = ρ∘z_j`` (``z_0 = 1``) on vertices ``first:last`` and lanes ``l0:l1``."""
+    xj = X[j]
+    for v in range(first, last):
+        for r in range(R):
+            rv = rewards[v, seq[r, j]]
+            o = (v * R + r) * L
+            for ln in range(l0, l1):
+                xj[o + ln] = rv if j == 0 else rv * X[j - 1, o + ln]
 
 
 @njit(**_JIT)
@@ -536,13 +527,13 @@ def _stored(fac, ws, u, first, last):
 
 
 @njit(**_JIT)
-def _block_factors(tape, u, uvals, ws, fac, L):
-    """Solve block ``u``'s factors: from ``fac`` when they were stored there (one θ),
-    else factorised into ``ws`` now."""
+def _block_factors(tape, u, uvals, ws, fac, L, ln):
+    """Solve block ``u``'s factors at lane ``ln``: from ``fac`` when they were stored there
+    (one θ), else factorised into ``ws`` now."""
     if fac[4].shape[0]:
         unit_ptr = tape[0]
         return _stored(fac, ws, u, unit_ptr[u], unit_ptr[u + 1])
-    factor_block(tape, u, uvals, ws, L)
+    factor_block(tape, u, uvals, ws, L, ln)
     return ws
 
 
@@ -555,13 +546,14 @@ def prepare_units(prog, tape, first, last, th, vals, fac):
     Returns False if a rate was not a positive finite number.
     """
     unit_optr, unit_ptr, unit_kind = prog[0], tape[0], tape[13]
-    ws = workspace(tape, 1)
+    ws = workspace(tape)
     ok = True
     for u in range(first, last):
         uvals = vals[unit_optr[u] : unit_optr[u + 1]]
         ok = replay_unit(prog, u, th, uvals, 1) & ok
         if unit_kind[u] == UNIT_SOLVE:
-            factor_block(tape, u, uvals, _stored(fac, ws, u, unit_ptr[u], unit_ptr[u + 1]), 1)
+            lws = _stored(fac, ws, u, unit_ptr[u], unit_ptr[u + 1])
+            factor_block(tape, u, uvals, lws, 1, 0)
     return ok
 
 
@@ -631,7 +623,7 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
     G = np.empty((R, k, L, P))
     q = np.empty(W)
     unit_kind = tape[13]
-    ws = workspace(tape, L)
+    ws = workspace(tape)
     bad = np.full(B, -1, dtype=np.int64)
     for b0 in range(0, B, L):
         thb = block(th, b0, B, L)
@@ -646,26 +638,26 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
             uvals = _unit_values(prog, u, thb, vals, full, L)
             if not full:
                 replay_unit(prog, u, thb, uvals, L)
-            solved = unit_kind[u] == UNIT_SOLVE
-            if solved:
-                ws = _block_factors(tape, u, uvals, ws, fac, L)
-                solve_block_transposed(tape, u, uvals, ws, y1, 1, L)
-            else:
-                solve_unit_transposed(tape, u, uvals, y1, q, 1, L)
             first, last = unit_ptr[u], unit_ptr[u + 1]
-            for i in range(1, k):
-                cur = T[i - 1]
-                for v in range(first, last):
-                    for r in range(R):
-                        rv = rewards[v, r]
-                        o = (v * R + r) * L
-                        for ln in range(L):
-                            prev = y1[v * L + ln] if i == 1 else T[i - 2, o + ln]
-                            cur[o + ln] = cur[o + ln] + rv * prev
-                if solved:
-                    solve_block_transposed(tape, u, uvals, ws, cur, R, L)
-                else:
+            if unit_kind[u] != UNIT_SOLVE:
+                solve_unit_transposed(tape, u, uvals, y1, q, 1, L)
+                for i in range(1, k):
+                    cur = T[i - 1]
+                    for v in range(first, last):  # ρ∘ȳ⁽ⁱ⁾ (inline: per unit)
+                        for r in range(R):
+                            rv = rewards[v, r]
+                            o = (v * R + r) * L
+                            for ln in range(L):
+                                prev = y1[v * L + ln] if i == 1 else T[i - 2, o + ln]
+                                cur[o + ln] = cur[o + ln] + rv * prev
                     solve_unit_transposed(tape, u, uvals, cur, q, R, L)
+            else:
+                for ln in range(L):  # a solve block: each lane's factors once
+                    lws = _block_factors(tape, u, uvals, ws, fac, L, ln)
+                    solve_block_transposed(tape, u, uvals, lws, y1, 1, L, ln)
+                    for i in range(1, k):
+                        _adjoint_right_hand_sides(rewards, y1, T, i, first, last, R, L, ln, ln + 1)
+                        solve_block_transposed(tape, u, uvals, lws, T[i - 1], R, L, ln)
             e0, e1 = unit_gptr[u], unit_gptr[u + 1]
             for r in range(R):
                 for j in range(k):  # Σ_i ȳ⁽ⁱ⁺¹⁾_v·(z_{j−i,w} − z_{j−i,v}), scaled by (j+1)!
@@ -680,6 +672,20 @@ def _jacobian_chunk(prog, tape, grads, start, rewards, fact, th, out, jac, vals,
                     for p in range(P):
                         jac[b0 + ln, r, j, p] = G[r, j, ln, p]
     return bad
+
+
+@njit(**_JIT)
+def _adjoint_right_hand_sides(rewards, y1, T, i, first, last, R, L, l0, l1):
+    """``T[i − 1] += ρ_r∘ȳ⁽ⁱ⁾`` on vertices ``first:last`` and lanes ``l0:l1`` (``ȳ⁽¹⁾ = y1``,
+    shared by every reward vector)."""
+    cur = T[i - 1]
+    for v in range(first, last):
+        for r in range(R):
+            rv = rewards[v, r]
+            o = (v * R + r) * L
+            for ln in range(l0, l1):
+                prev = y1[v * L + ln] if i == 1 else T[i - 2, o + ln]
+                cur[o + ln] = cur[o + ln] + rv * prev
 
 
 @njit(**_JIT)
@@ -760,7 +766,7 @@ def transposed_chunk(prog, tape, th, T, vals, R):
     B = th.shape[0]
     unit_ptr, unit_kind = tape[0], tape[13]
     q = np.empty(max(R, 1))
-    ws = workspace(tape, 1)
+    ws = workspace(tape)
     bad = np.full(B, -1, dtype=np.int64)
     for b in range(B):
         thb = th[b : b + 1]
@@ -769,8 +775,8 @@ def transposed_chunk(prog, tape, th, T, vals, R):
         for u in range(unit_ptr.shape[0] - 1):
             ok = replay_unit(prog, u, thb, vals, 1) & ok
             if unit_kind[u] == UNIT_SOLVE:
-                factor_block(tape, u, vals, ws, 1)
-                solve_block_transposed(tape, u, vals, ws, tb, R, 1)
+                factor_block(tape, u, vals, ws, 1, 0)
+                solve_block_transposed(tape, u, vals, ws, tb, R, 1, 0)
             else:
                 solve_unit_transposed(tape, u, vals, tb, q, R, 1)
         if not ok:

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from .errors import InsufficientMemoryError
 
+#: Work needing less than this is not checked (reading the free memory costs a few
+#: hundred microseconds, more than a small evaluation).
+MIN_CHECKED_BYTES = 64 * 1024**2
+
 _CGROUP_FILES = (
     ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
     (
@@ -79,12 +83,15 @@ def format_bytes(n: float) -> str:
 
 def require(needed: float, what: str, advice: str) -> None:
     """Raise :class:`~phasetrace.errors.InsufficientMemoryError` if ``needed`` bytes are
-    more than this machine has free (nothing when that is unknown).
+    more than this machine has free (nothing when that is unknown, or below
+    :data:`MIN_CHECKED_BYTES`).
 
     Examples
     --------
     >>> require(1.0, "one byte", "nothing")
     """
+    if needed < MIN_CHECKED_BYTES:
+        return
     free = available_bytes()
     if free is not None and needed > free:
         raise InsufficientMemoryError(

@@ -550,6 +550,11 @@ def _cmd_trace(args: argparse.Namespace) -> int:
             f"{n_sccs} transient SCC(s), largest {largest} vertices",
         ),
         ("units", _units_text(stats)),
+        (
+            "SCCs",
+            f"{stats.sccs_taped} taped (largest {stats.largest_taped}), "
+            f"{stats.sccs_solved} solve block(s) (largest {stats.largest_solved})",
+        ),
         ("strategy", f"{stats.strategy}, {workers}"),
         ("ops", f"{summary['ops']} ({ops}); x-program {summary['x_program']}"),
         ("time", stages),
