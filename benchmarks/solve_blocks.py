@@ -12,7 +12,10 @@ batched kernel's lanes). Then every rule "solve block iff ``k >= K`` and the eli
 estimate ``E >= F·k²``" on a grid of ``(K, F)`` is scored by the evaluation times it
 gives summed over all SCCs, against the best choice per SCC, all taped and all solved.
 The rule in :mod:`phasetrace.elimination` (``SOLVE_MIN_STATES``, ``SOLVE_MIN_FILL``) is
-the one chosen from this table: within a few per cent of the best one θ and batch alike.
+chosen from this table. At one θ a solve block is faster for nearly every SCC (all solved
+is the best there); per θ in a batch, small SCCs and chains are faster taped (16 lanes
+vectorise the tape, a factorisation runs one lane at a time). The rule in use is among
+those with the smallest geometric mean of the two ratios.
 
 Writes ``solve_blocks.json`` and ``solve_blocks.md`` into ``benchmarks/results/``.
 """
@@ -69,8 +72,8 @@ def _timers():
     def solved(prog, tape, u, th, vals, ws, x, acc, reps):
         for _ in range(reps):
             impl.replay_unit(prog, u, th, vals, 1)
-            impl.factor_block(tape, u, vals, ws, 1)
-            impl.solve_block(tape, u, vals, ws, x, acc, 1, 1)
+            impl.factor_block(tape, u, vals, ws, 1, 0)
+            impl.solve_block(tape, u, vals, ws, x, acc, 1, 1, 0)
 
     @njit(cache=False)
     def taped16(prog, tape, u, th, vals, x, acc, reps):
@@ -82,8 +85,9 @@ def _timers():
     def solved16(prog, tape, u, th, vals, ws, x, acc, reps):
         for _ in range(reps):
             impl.replay_unit(prog, u, th, vals, 16)
-            impl.factor_block(tape, u, vals, ws, 16)
-            impl.solve_block(tape, u, vals, ws, x, acc, 1, 16)
+            for ln in range(16):  # as the kernel does: each lane factorised, then solved
+                impl.factor_block(tape, u, vals, ws, 16, ln)
+                impl.solve_block(tape, u, vals, ws, x, acc, 1, 16, ln)
 
     return taped, solved, taped16, solved16
 
@@ -134,7 +138,7 @@ def measure(name, graph, theta, timers) -> list[dict]:
     x, x16 = np.ones(taped.n_vertices), np.ones(16 * taped.n_vertices)
     acc = np.empty(16)
     vt, vs = np.empty(max(ct.max_unit_ops, 1) * 16), np.empty(max(cs.max_unit_ops, 1) * 16)
-    ws, ws16 = impl.workspace(cs.tape, 1), impl.workspace(cs.tape, 16)
+    ws = ws16 = impl.workspace(cs.tape)
     run_taped, run_solved, run_taped16, run_solved16 = timers
     rows = []
     for i, unit in enumerate(units):

@@ -71,7 +71,8 @@ def test_the_recorder_solves_large_dense_sccs_and_tapes_chains(blocks222):
     assert solved.any() and (sizes[solved] >= elimination.SOLVE_MIN_STATES).all()
     for unit in decompose(g).units:
         k = unit.n_internal
-        want = k >= elimination.SOLVE_MIN_STATES and elimination.elimination_estimate(unit) >= k * k
+        fill = elimination.SOLVE_MIN_FILL * k * k
+        want = k >= elimination.SOLVE_MIN_STATES and elimination.elimination_estimate(unit) >= fill
         assert elimination.solves_at_evaluation(unit) == want
     chains = pt.record_trace(pt.models.two_island(60))  # SCCs of up to 61 states, linear
     assert chains.summary()["solve_blocks"] == 0

@@ -66,10 +66,12 @@ from .ops import (
 from .scc import KIND_START, WorkUnit
 
 #: An SCC of at least this many states whose elimination estimate is at least
-#: :data:`SOLVE_MIN_FILL` times ``k²`` becomes a solve block (measured: docs/performance.md,
-#: "Solve blocks"). Below either, the taped elimination is cheaper to evaluate.
-SOLVE_MIN_STATES = 16
-SOLVE_MIN_FILL = 1.0
+#: :data:`SOLVE_MIN_FILL` times ``k²`` becomes a solve block (measured by
+#: benchmarks/solve_blocks.py, docs/performance.md "Solve blocks": within 1.3× of the best
+#: choice per SCC at one θ and 1.1× per θ in batches). Smaller SCCs and chains stay taped:
+#: 16 lanes vectorise a tape, while a factorisation runs one lane at a time.
+SOLVE_MIN_STATES = 12
+SOLVE_MIN_FILL = 0.5
 #: Bytes per op while a unit is recorded (the recorder's Python lists; measured 100–235).
 RECORD_BYTES_PER_OP = 250
 #: Bytes per op of a whole trace while it is stitched and kept (unit arrays, stitching
