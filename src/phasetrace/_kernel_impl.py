@@ -540,18 +540,20 @@ def _block_factors(tape, u, uvals, ws, fac, L, ln):
 @njit(**_JIT)
 def prepare_units(prog, tape, first, last, th, vals, fac):
     """Replay units ``first:last`` for one θ into ``vals`` (every unit at its own slots)
-    and factorise their solve blocks into ``fac`` (:func:`factor_store`).
+    and factorise their solve blocks into ``fac`` (:func:`factor_store`; none with
+    :func:`no_factors`).
 
     Units are independent, so threads can prepare disjoint ranges at the same time.
     Returns False if a rate was not a positive finite number.
     """
     unit_optr, unit_ptr, unit_kind = prog[0], tape[0], tape[13]
     ws = workspace(tape)
+    store = fac[4].shape[0] > 0
     ok = True
     for u in range(first, last):
         uvals = vals[unit_optr[u] : unit_optr[u + 1]]
         ok = replay_unit(prog, u, th, uvals, 1) & ok
-        if unit_kind[u] == UNIT_SOLVE:
+        if store and unit_kind[u] == UNIT_SOLVE:
             lws = _stored(fac, ws, u, unit_ptr[u], unit_ptr[u + 1])
             factor_block(tape, u, uvals, lws, 1, 0)
     return ok

@@ -416,7 +416,9 @@ def _prepare_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray, pieces,
     if not reuse and n < 2:
         return None
     vals = np.empty(ct.n_ops)
-    store = ct.block_entries and 8 * ct.block_entries <= FACTOR_STORE_BYTES
+    # The factors are kept only for reuse: writing them to fresh memory costs about what
+    # factorising again does (page faults), so plain moments factorise where they solve.
+    store = reuse and 8 * ct.block_entries <= FACTOR_STORE_BYTES
     fac = impl.factor_store(ct.tape) if store else impl.no_factors()
     n_units = ct.unit_work.size
     cuts = np.searchsorted(np.cumsum(ct.unit_work), np.linspace(0, work, n + 1)[1:-1], "right")
