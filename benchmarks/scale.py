@@ -18,6 +18,10 @@ n <= 100 also times JAX: ``jit(vmap(value_and_grad))`` over 1000 θ. A last set 
 pairs measures the warm path: one fills a cache directory, a fresh one builds the graph
 and calls ``compute_trace`` on it.
 
+**The cache with many small units** (``--only cache``): ``kingman(50)`` blocks (204,226
+single-state units) recorded cold into an empty cache directory: time per stage, files
+and bytes written; then read back whole in a fresh process.
+
 **Large strongly connected components** (``--only blocks``): joint block counting on two
 islands with ``n + n`` samples (``benchmarks/_joint_blocks.py``, built with
 ``Graph.from_arrays``; n = 3 … 7, 7 + 7 being the published ptdalgorithms benchmark) and
@@ -288,6 +292,44 @@ def measure_blocks(model: str, n: int, taped: bool) -> dict:
     return out
 
 
+def cache_cold(n: int, directory: str) -> dict:
+    """``kingman(n)`` blocks recorded into the empty cache ``directory``: stages, files."""
+    import os
+
+    import phasetrace as pt
+
+    pt.record_trace(pt.models.kingman(3)).moments([1.0])
+    t0 = time.perf_counter()
+    graph = pt.models.kingman(n)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pt.compute_trace(graph, cache_dir=directory)
+    record_s = time.perf_counter() - t0
+    stats = pt.last_run_stats()
+    files = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+    return {
+        "n": n,
+        "vertices": len(graph),
+        "build_s": build_s,
+        "record_s": record_s,
+        "stages": stats.seconds,
+        "units": stats.units,
+        "distinct": stats.unique,
+        "files": len(files),
+        "bytes": sum(os.path.getsize(f) for f in files),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def cache_warm(n: int, directory: str) -> dict:
+    import phasetrace as pt
+
+    graph = pt.models.kingman(n)
+    t0 = time.perf_counter()
+    pt.compute_trace(graph, cache_dir=directory)
+    return {"warm_s": time.perf_counter() - t0, "whole": pt.last_run_stats().traces_from_cache}
+
+
 def measure(model: str, n: int) -> dict:
     import phasetrace as pt
 
@@ -462,6 +504,25 @@ def markdown(report: dict) -> str:
     blocks = report.get("blocks", [])
     if blocks:
         out += blocks_markdown(blocks)
+    cache = report.get("cache", [])
+    if cache:
+        out += [
+            "## The cache with many small units",
+            "",
+            "`kingman(n)` blocks (one unit per state), `compute_trace` into an empty cache "
+            "directory (default strategy), then the same graph in a fresh process.",
+            "",
+            "| model | states | units (distinct) | record | of which store | files | bytes "
+            "| peak | warm, fresh process |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in cache:
+            out.append(
+                f"| kingman({c['n']}) | {c['vertices']:,} | {c['units']:,} ({c['distinct']:,}) "
+                f"| {ms(c['record_s'])} | {ms(c['stages'].get('store', 0.0))} | {c['files']} "
+                f"| {c['bytes'] / 1e6:.0f} MB | {c['peak_rss_mb']:.0f} MB | {ms(c['warm_s'])} |"
+            )
+        out.append("")
     if warm:
         out += [
             "Warm `compute_trace` in a fresh process (the cache filled by another process):",
@@ -587,7 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument(
-        "--only", choices=("chains", "blocks"), help="one family (the other keeps its results)"
+        "--only",
+        choices=("chains", "blocks", "cache"),
+        help="one family (the others keep their results)",
     )
     p.add_argument(
         "--sizes", help="with --only blocks: the n to run, e.g. 3,4 or joint_blocks:7,blocks3:5"
@@ -598,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = args.child
         if kind == "blocks":
             result = measure_blocks(rest[0], int(rest[1]), rest[2] == "taped")
+        elif kind in ("cache_cold", "cache_warm"):
+            fn = cache_cold if kind == "cache_cold" else cache_warm
+            result = fn(int(rest[0]), rest[1])
         else:
             fn = {"measure": measure, "fill": warm_pair, "warm": warm_child}[kind]
             result = fn(rest[0], int(rest[1])) if kind == "measure" else fn(int(rest[0]), rest[1])
@@ -611,12 +677,14 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_line(), flush=True)
     t_start = time.perf_counter()
     blocks = previous.get("blocks", [])
-    if args.only != "chains":
+    cache = previous.get("cache", [])
+    if args.only in (None, "blocks"):
         blocks = run_blocks(args, blocks)
-    if args.only == "blocks":
-        report = {**previous, "blocks": blocks} if previous else None
-        if report is None:
-            report = {"models": [], "warm": [], "slopes": {}, "blocks": blocks}
+    if args.only in (None, "cache"):
+        cache = run_cache(args)
+    if args.only in ("blocks", "cache"):
+        report = {"models": [], "warm": [], "slopes": {}, **previous}
+        report.update(blocks=blocks, cache=cache)
         report.update(
             date=time.strftime("%Y-%m-%d %H:%M"),
             machine=describe(("numpy", "numba", "scipy", "jax", "loky")),
@@ -652,9 +720,29 @@ def main(argv: list[str] | None = None) -> int:
         "warm": warm,
         "slopes": fits(rows),
         "blocks": blocks,
+        "cache": cache,
         "wall_s": time.perf_counter() - t_start,
     }
     return write(report, out, stem)
+
+
+CACHE_N = [45, 50]
+QUICK_CACHE_N = [35]
+
+
+def run_cache(args) -> list[dict]:
+    rows = []
+    for n in QUICK_CACHE_N if args.quick else CACHE_N:
+        with tempfile.TemporaryDirectory(prefix="phasetrace-scale-cache-") as d:
+            r = child("cache_cold", str(n), d)
+            r.update(child("cache_warm", str(n), d))
+        print(
+            f"kingman({n}) cache cold: record {r['record_s']:.1f} s, {r['files']} files, "
+            f"store {r['stages'].get('store', 0):.2f} s, warm {r['warm_s']:.2f} s",
+            flush=True,
+        )
+        rows.append(r)
+    return rows
 
 
 def run_blocks(args, previous: list[dict]) -> list[dict]:

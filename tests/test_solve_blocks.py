@@ -384,3 +384,22 @@ def test_recording_memory_estimate_bounds_what_recording_allocates():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak <= estimate
+
+
+@pytest.mark.parametrize("lanes", [1, 16])
+def test_batches_on_threads_equal_one_theta_at_a_time_bitwise(monkeypatch, blocks222, lanes):
+    """Solve blocks in blocks of 16 θ (lane by lane) and split over threads give each θ
+    exactly its own result, and the numpy reference's."""
+    _, trace = blocks222
+    monkeypatch.setattr(kernel.CompiledTrace, "lanes", lambda self, batch, vectors: lanes)
+    batch = np.random.default_rng(7).uniform(0.2, 3.0, (40, 2))  # 16 + 16 + 8, two threads
+    rewards = np.stack([np.ones(trace.n_vertices), np.arange(trace.n_vertices) % 3 * 0.5])
+    with pt.config(n_workers=2):
+        together = trace.moments(batch, k=3, rewards=rewards)
+        m, jac = trace.moments_and_jacobian(batch, k=2, rewards=rewards)
+    for b in (0, 15, 16, 39):
+        assert np.array_equal(together[b], trace.moments(batch[b], k=3, rewards=rewards))
+        one_m, one_jac = trace.moments_and_jacobian(batch[b], k=2, rewards=rewards)
+        assert np.array_equal(m[b], one_m)
+        assert np.allclose(jac[b], one_jac, rtol=1e-13, atol=0)
+    assert np.array_equal(together[:, 1], ref_moments(trace, batch, 3, rewards[1]))

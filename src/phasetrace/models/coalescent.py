@@ -9,7 +9,7 @@ from ..settings import UNSET
 from ._size import block_states, check_size
 
 
-def kingman(n: int, state_space: str = "blocks", *, max_states=UNSET) -> Graph:
+def kingman(n: int, state_space: str = "blocks", *, max_states: int | None = UNSET) -> Graph:
     """The Kingman coalescent of ``n`` samples; θ = (pairwise coalescence rate,).
 
     Parameters

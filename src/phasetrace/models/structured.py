@@ -33,7 +33,7 @@ def structured_coalescent(
     *,
     coalescence="shared",
     state_space: str = "lineages",
-    max_states=UNSET,
+    max_states: int | None = UNSET,
 ) -> Graph:
     """The structured coalescent of ``samples[k]`` lineages sampled in deme ``k``.
 
