@@ -308,6 +308,9 @@ def check_trace_matches_graph(trace, graph) -> None:
         or arr["input_src"].shape[0] != graph_arrays.dst.shape[0]
     ):
         _fail("its vertex, edge or parameter count differs from the graph's")
-    mine, theirs = np.unique(arr["states"], axis=0), np.unique(graph_arrays.states, axis=0)
+    from .graph import _state_order  # lexsort: np.unique(axis=0) sorts bytes, 5× slower
+
+    mine, theirs = arr["states"], graph_arrays.states
+    mine, theirs = mine[_state_order(mine)], theirs[_state_order(theirs)]
     if mine.shape != theirs.shape or not np.array_equal(mine, theirs):
         _fail("its states differ from the graph's")
