@@ -97,7 +97,7 @@ class CompiledTrace:
         )
         sizes = np.diff(arr["unit_ptr"])
         solved = arr["unit_kind"] == UNIT_SOLVE
-        #: States of the largest solve block (0: none); its factors take k² values per lane.
+        #: States of the largest solve block (0: none); its factors take k² values.
         self.max_block = int(sizes[solved].max()) if solved.any() else 0
         #: Entries of all solve blocks' factors (Σ k²) at one θ.
         self.block_entries = int((sizes[solved].astype(np.int64) ** 2).sum())
