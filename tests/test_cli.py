@@ -285,12 +285,12 @@ def test_cache_info_prune_clear(cli, env):
     assert info["entries"] == "0"
     ok(cli("trace", "random_graph:n_vertices=200,n_sccs=20,seed=1"))
     info = fields(ok(cli("cache", "info")))
-    assert int(info["entries"]) > 1
+    assert int(info["entries"]) >= 1  # the whole trace (its units are too small to keep)
     assert re.fullmatch(r"[\d.]+ (B|KiB|MiB) \(pruned automatically above 2\.0 GiB\)", info["size"])
     out = ok(cli("cache", "prune", "--max-size", "1G"))
     assert out.startswith("removed 0 entries (0 B)")
     out = ok(cli("cache", "prune", "--max-size", "1K"))
-    assert re.match(r"removed \d+ entries", out) and "left" in out
+    assert re.match(r"removed \d+ entr(y|ies)", out) and "left" in out
     ok(cli("cache", "clear"))
     assert fields(ok(cli("cache", "info")))["entries"] == "0"
 

@@ -23,6 +23,13 @@ from phasetrace.verify import verify_cache
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.fixture(autouse=True)
+def _every_unit_cached(monkeypatch):
+    """These tests exercise unit entries on small graphs, whose units are below the size
+    that earns an entry of its own (pipeline.UNIT_CACHE_MIN_OPS): keep every unit."""
+    monkeypatch.setattr(pipeline, "UNIT_CACHE_MIN_OPS", 0)
+
+
 def _cache(cache_dir):
     return get_cache(resolve(cache_dir=str(cache_dir)))
 
@@ -153,7 +160,8 @@ def test_cache_verify_cli_exit_status(tmp_path, capsys):
     _record_units(tmp_path, g)
     assert main(["cache", "verify", "--recompute", "0", "--cache-dir", str(tmp_path)]) == 0
     assert "0 bad" in capsys.readouterr().out
-    victim = _unit_entries(tmp_path, g)[-1]
+    files = _unit_entries(tmp_path, g)
+    victim = next(f for f in files if decode_entry(f.read_bytes(), f.name)["consts"].size)
     _rewrite(victim, lambda a: a.__setitem__("consts", a["consts"] * 2 + 1))
     assert main(["cache", "verify", "--recompute", "0", "--cache-dir", str(tmp_path)]) == 1
     assert f"bad: {victim}" in capsys.readouterr().out

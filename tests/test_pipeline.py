@@ -23,6 +23,13 @@ pytestmark = pytest.mark.timeout(300)
 LOCAL = [("sequential", 1), ("loky", 1), ("loky", 2), ("spawn", 2)]
 
 
+@pytest.fixture(autouse=True)
+def _every_unit_cached(monkeypatch):
+    """These tests exercise unit entries on small graphs, whose units are below the size
+    that earns an entry of its own (pipeline.UNIT_CACHE_MIN_OPS): keep every unit."""
+    monkeypatch.setattr(pipeline, "UNIT_CACHE_MIN_OPS", 0)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _close_pools():
     yield
@@ -293,3 +300,46 @@ def test_graph_changed_after_a_call_is_decomposed_again():
     assert (
         compute_trace(g, strategy="sequential", cache=False).digest() == pt.record_trace(g).digest()
     )
+
+
+def test_small_units_get_no_cache_entries_of_their_own(tmp_path, monkeypatch):
+    """A graph of many small units writes one file, its whole trace (not one per unit)."""
+    monkeypatch.setattr(pipeline, "UNIT_CACHE_MIN_OPS", 10_000)  # the default
+    g = pt.models.kingman(12)  # 77 states, each its own SCC
+    kw = dict(strategy="sequential", cache_dir=str(tmp_path), hierarchical=True)
+    trace = compute_trace(g, **kw)
+    assert _cache_files(tmp_path) == [_whole_entry(tmp_path, g)]
+    _forget_memory(tmp_path)
+    assert compute_trace(g, **kw).digest() == trace.digest()
+    assert last_run_stats().traces_from_cache == 1
+    _forget_memory(tmp_path)
+    _drop_whole(tmp_path, [g])
+    assert compute_trace(g, **kw).digest() == trace.digest()
+    stats = last_run_stats()
+    assert stats.from_disk == stats.from_memory == 0 and stats.recorded == stats.unique
+
+
+def test_units_worth_keeping_get_cache_entries(tmp_path, monkeypatch):
+    from phasetrace.elimination import estimated_ops
+    from phasetrace.scc import decompose
+
+    g = pt.models.two_island(40)
+    units = decompose(g).units
+    ops = [estimated_ops(u) for u in units]
+    cut = sorted(ops)[len(ops) // 2]
+    monkeypatch.setattr(pipeline, "UNIT_CACHE_MIN_OPS", cut)
+    kept = {
+        pipeline._cache_key(b"unit", u.to_bytes())
+        for u, n in zip(units, ops, strict=True)
+        if n >= cut
+    }
+    assert 0 < len(kept) < len(units)
+    kw = dict(strategy="sequential", cache_dir=str(tmp_path), hierarchical=True)
+    expected = compute_trace(g, **kw).digest()
+    whole = _whole_entry(tmp_path, g)
+    assert {p.name for p in _cache_files(tmp_path) if p != whole} == kept
+    _forget_memory(tmp_path)
+    _drop_whole(tmp_path, [g])
+    assert compute_trace(g, **kw).digest() == expected
+    stats = last_run_stats()
+    assert stats.from_disk == len(kept) and stats.recorded == stats.unique - len(kept)

@@ -478,3 +478,25 @@ def test_sfs_builds_its_reward_matrix_once_per_trace(monkeypatch):
     assert sfs(trace, [1.0], n_demes=1).tolist() == first.tolist() and len(calls) == 2
     with pytest.raises(ValueError, match="n_demes"):
         sfs(trace, [1.0], n_demes=True)
+
+
+def test_block_state_spaces_are_counted_before_they_are_built():
+    """The count is exact (it equals the built graph's size) and a state space past the
+    limit is refused before it is built, with the estimate and the alternative."""
+    from phasetrace.models._size import block_states
+
+    for samples in [(2, 2, 2), (3, 1), (4, 4), (5, 0, 0)]:
+        g = pt.models.structured_coalescent(samples, state_space="blocks")
+        assert len(g) == block_states(sum(samples), len(samples)) + 1
+    for n in (5, 12, 20):
+        assert len(pt.models.kingman(n)) == block_states(n) + 1
+    with pytest.raises(pt.StateSpaceTooLargeError, match=r"190,569,293 states.*'lineages'") as err:
+        pt.models.kingman(100)  # 190 million states: enumerating them would not end here
+    assert (err.value.estimate, err.value.limit) == (190_569_293, 1_000_000)
+    with pytest.raises(pt.StateSpaceTooLargeError, match="1,762,463 states"):
+        pt.models.structured_coalescent((8, 8, 8), state_space="blocks")
+    with pt.config(max_states=50):
+        assert len(pt.models.kingman(10)) == 43  # 42 partitions of 10 and the start
+        with pytest.raises(pt.StateSpaceTooLargeError, match="max_states=50"):
+            pt.models.kingman(12)  # 78
+        assert len(pt.models.kingman(12, max_states=None)) == block_states(12) + 1

@@ -12,7 +12,7 @@ from .elimination import record_unit
 from .scc import WorkUnit
 
 #: Changes whenever the recorder's output for the same input could change; part of cache keys.
-RECORDER_VERSION = "phasetrace-recorder/2"
+RECORDER_VERSION = "phasetrace-recorder/3"
 
 
 def record_payload(payload: tuple[str, bytes]) -> dict[str, np.ndarray]:

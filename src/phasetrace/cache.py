@@ -282,34 +282,66 @@ def encode_entry(key: str, arrays: Mapping[str, Any]) -> bytes:
     >>> decode_entry(data, "ab" * 32)["x"]
     array([0., 1., 2.])
     """
+    return b"".join(_encode_parts(key, arrays))
+
+
+def _checked_array(name: Any, value: Any) -> np.ndarray:
+    """``value`` as a little-endian C-order array of a storable dtype (a copy only where
+    the byte order or layout needs one)."""
+    if not isinstance(name, str) or not name:
+        raise TraceFormatError(f"array names must be non-empty strings, got {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TraceFormatError(f"array name {name!r} is not valid UTF-8 text") from exc
+    arr = np.asarray(value)
+    dtype = arr.dtype.newbyteorder("<")
+    if dtype.str not in _ALLOWED_DTYPES:
+        raise TraceFormatError(
+            f"array {name!r}: dtype {arr.dtype} cannot be cached "
+            "(bool, int8..int64, uint8..uint64 and float64 can)"
+        )
+    if arr.ndim > 2:
+        raise TraceFormatError(f"array {name!r}: {arr.ndim}-d arrays cannot be cached (0-d to 2-d)")
+    return arr.astype(dtype, order="C", copy=False)
+
+
+def _encode_parts(key: str, arrays: Mapping[str, Any]) -> list:
+    """The file content of :func:`encode_entry` as a list of byte buffers, without joining
+    them: the arrays' own memory where it is already little-endian C order (a whole trace
+    of hundreds of MB is hashed and written, not copied)."""
     _check_key(key)
-    frozen = _freeze(arrays)
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"arrays must be a mapping of name to array, got {type(arrays).__name__}")
     table, chunks, offset = [], [], 0
-    for name, arr in frozen.items():
-        raw = arr.tobytes()
+    digest = hashlib.sha256()
+    for name, value in arrays.items():
+        arr = _checked_array(name, value)
+        raw = memoryview(arr.reshape(-1)).cast("B")
         table.append(
             {
                 "name": name,
                 "dtype": arr.dtype.str,
                 "shape": list(arr.shape),
                 "offset": offset,
-                "nbytes": len(raw),
+                "nbytes": raw.nbytes,
             }
         )
-        pad = _padding(len(raw))
-        chunks += [raw, b"\x00" * pad]
-        offset += len(raw) + pad
-    payload = b"".join(chunks)
+        pad = b"\x00" * _padding(raw.nbytes)
+        chunks += [raw, pad]
+        digest.update(raw)
+        digest.update(pad)
+        offset += raw.nbytes + len(pad)
     header_obj = {
         "key": key,
-        "payload_nbytes": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_nbytes": offset,
+        "payload_sha256": digest.hexdigest(),
         "arrays": table,
     }
     header = json.dumps(header_obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     header += b" " * _padding(_PREFIX.size + len(header))
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
-    return prefix + header + payload
+    return [prefix + header, *chunks]
 
 
 def _read_prefix(data: bytes) -> tuple[int, int]:
@@ -689,21 +721,22 @@ class DiskCache:
         I/O errors never raise: the first one disables writing with a warning.
         An entry larger than ``max_bytes`` is not stored.
         """
-        data = encode_entry(key, arrays)  # validates first, even when disabled
-        if self.disabled or len(data) > self.max_bytes:
+        parts = _encode_parts(key, arrays)  # validates first, even when disabled
+        size = sum(memoryview(p).nbytes for p in parts)
+        if self.disabled or size > self.max_bytes:
             return
         path = self.path_for(key)
         try:
             if not self._claim():
                 return
-            self._write_atomic(path, data)
+            self._write_atomic(path, parts)
         except OSError as exc:
             if exc.errno in _ENTRY_ERRNOS:  # something else sits where the entry goes
                 self._skip_entry(path, exc)
             else:
                 self._disable(exc)
             return
-        self._account(len(data))
+        self._account(size)
 
     def _claim(self) -> bool:
         """Mark the directory as a phasetrace cache before the first write (creating it),
@@ -762,7 +795,7 @@ class DiskCache:
             "phasetrace did not write"
         )
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, parts: list) -> None:
         # A concurrent clear() may remove the shard directory between mkdir and the
         # write; one retry covers that.
         for attempt in range(2):
@@ -772,7 +805,13 @@ class DiskCache:
                 # atomic), and an entry torn by a power loss fails its checksum and is
                 # recomputed. fsync per entry cost ~40 % of the cold hierarchical run on
                 # two_island(200).
-                write_atomic(path, data, durable=False, mode=0o600, tmp_prefix=_TMP_PREFIX)
+                write_atomic(
+                    path,
+                    lambda fh: [fh.write(part) for part in parts],  # the arrays' own memory
+                    durable=False,
+                    mode=0o600,
+                    tmp_prefix=_TMP_PREFIX,
+                )
                 return
             except FileNotFoundError:
                 if attempt or path.parent.is_dir():
@@ -1189,11 +1228,14 @@ class TraceCache:
             If an array cannot be stored; nothing is stored then.
         """
         _check_key(key)
-        frozen = _freeze(arrays)  # one copy serves both layers
         if memory and self.memory is not None:
+            frozen = _freeze(arrays)  # one copy serves both layers
             self.memory._put_frozen(key, frozen)
+            arrays = frozen
         if self.disk is not None:
-            self.disk.put(key, frozen)
+            self.disk.put(key, arrays)  # validates, and writes the arrays' own memory
+        elif not (memory and self.memory is not None):
+            _freeze(arrays)  # nothing stored, but a bad entry is refused all the same
         self._count("writes")
 
     def discard(self, key: str, reason: str) -> None:

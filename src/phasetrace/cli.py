@@ -381,10 +381,10 @@ def load_model(spec: str) -> pt.Graph:
     --------
     >>> len(load_model("two_island:n=5")), len(load_model("kingman:n=4,state_space=lineages"))
     (21, 5)
-    >>> load_model("kingman:m=3")
+    >>> load_model("kingman:m=3")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    phasetrace.cli.CLIError: model 'kingman' has no argument 'm'; its arguments are: n, state_space
+    phasetrace.cli.CLIError: model 'kingman' has no argument 'm'; its arguments are: n, ...
     """
     path_part, sep, func = spec.rpartition(":")
     if sep and path_part.endswith(".py"):
@@ -727,6 +727,11 @@ def _cmd_trace(args: argparse.Namespace) -> int:
             f"{n_sccs} transient SCC(s), largest {largest} vertices",
         ),
         ("units", _units_text(stats)),
+        (
+            "SCCs",
+            f"{stats.sccs_taped} taped (largest {stats.largest_taped}), "
+            f"{stats.sccs_solved} solve block(s) (largest {stats.largest_solved})",
+        ),
         ("strategy", f"{stats.strategy}, {workers}"),
         ("ops", f"{summary['ops']} ({ops}); x-program {summary['x_program']}"),
         ("time", stages),

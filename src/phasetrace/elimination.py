@@ -33,14 +33,54 @@ reverse π, ``x_v += (Σ_w r_vw·x_w) / σ_v``.
 Constant folding: an op whose operands are all constants is computed here, in Python
 floats, with the same IEEE operations in the same order the evaluator would use, so
 folding never changes a bit. ``w / w`` for a vertex with one out-edge folds to 1.
+
+**Solve blocks.** Recording an SCC op by op costs about as many ops as its elimination
+has multiply-adds: on structured models with migration (block counting in several
+demes) that is ``O(k³)`` for an SCC of ``k`` states, hundreds of millions of ops, each
+recorded in Python and streamed from memory at every θ. Such an SCC is recorded as a
+*solve block* instead (:func:`solves_at_evaluation` decides, from the unit alone): its
+program only loads its rates and sums each vertex's exit rates (``ε_v``, slot in
+``sigma``), its rows are its internal edges as given, and the evaluator factorises it at
+θ in compiled code (``docs/algorithm.md``, "Solve blocks"). The choice is part of the
+unit trace (``unit_kind``), so every strategy records the same trace.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, UNIT_ARRAYS, X_AXPY, X_DIV
+from .ops import (
+    ADD,
+    CONST,
+    DIV,
+    FMA,
+    LOAD,
+    MUL,
+    SUM,
+    UNIT_ARRAYS,
+    UNIT_SOLVE,
+    UNIT_TAPED,
+    X_AXPY,
+    X_DIV,
+)
 from .scc import KIND_START, WorkUnit
+
+#: An SCC of at least this many states whose elimination estimate is at least
+#: :data:`SOLVE_MIN_FILL` times ``k²`` becomes a solve block (measured by
+#: benchmarks/solve_blocks.py, docs/performance.md "Solve blocks": within 1.3× of the best
+#: choice per SCC at one θ and 1.1× per θ in batches). Smaller SCCs and chains stay taped:
+#: 16 lanes vectorise a tape, while a factorisation runs one lane at a time.
+SOLVE_MIN_STATES = 12
+SOLVE_MIN_FILL = 0.5
+#: Bytes per op while a unit is recorded (the recorder's Python lists; measured 100–235).
+RECORD_BYTES_PER_OP = 250
+#: Bytes per op of a whole trace while it is stitched and kept (unit arrays, stitching
+#: temporaries, the trace; measured 110–180).
+STITCH_BYTES_PER_OP = 200
+#: Bytes per unit (its WorkUnit and its recording's arrays: measured 3–6 kB) and a floor
+#: for the whole call.
+UNIT_BYTES = 8000
+BASE_BYTES = 32 * 1024**2
 
 
 class _Program:
@@ -132,10 +172,138 @@ def record_unit(unit: WorkUnit) -> dict[str, np.ndarray]:
     True
     """
     prog = _Program()
-    rows, exits, sigma = _load_rows(unit, prog)
+    block = solves_at_evaluation(unit)
+    rows, exits, sigma = _load_rows(unit, prog, scales=not block)
+    if block:
+        return _record_block(rows, exits, prog)
     eps = _ExitMass(exits, prog)
     xprog = _eliminate(unit.n_internal, rows, sigma, eps, prog)
-    return _finish(rows, exits, sigma, xprog, prog)
+    return _finish(rows, exits, sigma, xprog, prog, UNIT_TAPED)
+
+
+def elimination_estimate(unit: WorkUnit) -> int:
+    """Multiply-adds of eliminating ``unit`` in its order: an upper bound from its envelope.
+
+    Eliminating pivot ``t`` updates every later row ``u`` that has an entry in column
+    ``t`` at the columns ``w > t`` where row ``t`` has entries. Fill never reaches left of
+    a row's first entry nor above a column's first entry, so that is at most (rows ``u >
+    t`` whose first entry is at or before ``t``) × (columns ``w > t`` whose first entry is
+    at or above ``t``). On the models that matter (chains, block-counting SCCs) the bound
+    is the exact count. ``O(k + edges)``.
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> from phasetrace.scc import decompose
+    >>> [elimination_estimate(u) for u in decompose(pt.models.two_island(3)).units]
+    [0, 3, 2]
+    """
+    k = unit.n_internal
+    if k < 2:
+        return 0
+    src = np.repeat(np.arange(k), np.diff(unit.ptr))
+    inside = unit.dst < k
+    s, w = src[inside], unit.dst[inside]
+    first_col = np.arange(k)
+    np.minimum.at(first_col, s, w)
+    first_row = np.arange(k)
+    np.minimum.at(first_row, w, s)
+    t = np.arange(k)
+    rows = np.cumsum(np.bincount(first_col, minlength=k)) - (t + 1)
+    cols = np.cumsum(np.bincount(first_row, minlength=k)) - (t + 1)
+    return int(rows @ cols)
+
+
+def estimated_ops(unit: WorkUnit) -> int:
+    """About how many ops ``unit``'s recording will have: one per edge (its rate), a few
+    per state, and for a taped unit its :func:`elimination_estimate` (a solve block
+    records none of its elimination).
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> from phasetrace.scc import decompose
+    >>> [estimated_ops(u) for u in decompose(pt.models.two_island(3)).units]
+    [5, 29, 20]
+    """
+    k = unit.n_internal
+    if k < 2:
+        return unit.n_edges + 4 * k
+    estimate = elimination_estimate(unit)
+    if _solves(unit, estimate):
+        return unit.n_edges + k
+    return unit.n_edges + estimate + 4 * k
+
+
+def recording_bytes(stitched_ops: float, n_units: int, recorded_ops) -> float:
+    """Estimated peak memory of recording and stitching.
+
+    ``stitched_ops``: the :func:`estimated_ops` of the whole trace(s) stitched and kept,
+    ``n_units`` their units; ``recorded_ops``: those of the units recorded at the same
+    time on this machine.
+    """
+    recorded = sum(float(n) for n in recorded_ops)
+    return (
+        BASE_BYTES
+        + stitched_ops * STITCH_BYTES_PER_OP
+        + n_units * UNIT_BYTES
+        + recorded * RECORD_BYTES_PER_OP
+    )
+
+
+def check_recording_memory(stitched_ops: float, n_units: int, recorded_ops, what: str) -> None:
+    """Refuse a recording whose estimated peak memory (:func:`recording_bytes`) is more
+    than is free.
+
+    Raises
+    ------
+    InsufficientMemoryError
+        Naming the size of the trace and of its largest unit.
+    """
+    from ._memory import require
+
+    recorded = [float(n) for n in recorded_ops]
+    require(
+        recording_bytes(stitched_ops, n_units, recorded),
+        f"recording {what} (about {int(stitched_ops):,} ops; its largest unit about "
+        f"{int(max(recorded, default=0)):,})",
+        "record fewer graphs per call or with fewer workers, or use a smaller state space",
+    )
+
+
+def solves_at_evaluation(unit: WorkUnit) -> bool:
+    """Whether ``unit`` is recorded as a solve block (factorised at evaluation time).
+
+    Large SCCs with much fill are; chain-like SCCs, whose elimination is linear in their
+    size, and small ones keep the taped elimination. A function of the unit's content
+    only, so every process decides alike.
+
+    Examples
+    --------
+    >>> import phasetrace as pt
+    >>> from phasetrace.scc import decompose
+    >>> g = pt.models.structured_coalescent((3, 3, 3), state_space="blocks")
+    >>> sorted(u.n_internal for u in decompose(g).units if solves_at_evaluation(u))[-3:]
+    [108, 126, 135]
+    """
+    k = unit.n_internal
+    if unit.kind == KIND_START or k < SOLVE_MIN_STATES:
+        return False
+    return _solves(unit, elimination_estimate(unit))
+
+
+def _solves(unit: WorkUnit, estimate: int) -> bool:
+    k = unit.n_internal
+    if unit.kind == KIND_START or k < SOLVE_MIN_STATES:
+        return False
+    return estimate >= SOLVE_MIN_FILL * k * k
+
+
+def _record_block(rows, exits, prog: _Program) -> dict[str, np.ndarray]:
+    """A solve block: the loaded rates (already in ``prog``), one exit mass per vertex
+    with exits (the sum of its exit rates in local order), rows = the internal edges."""
+    eps = [prog.sum([s for _, s in ex]) if ex else -1 for ex in exits]
+    return _finish(rows, exits, eps, ([], [], [], []), prog, UNIT_SOLVE)
 
 
 def record_unit_bytes(payload: bytes) -> dict[str, np.ndarray]:
@@ -143,10 +311,11 @@ def record_unit_bytes(payload: bytes) -> dict[str, np.ndarray]:
     return record_unit(WorkUnit.from_bytes(payload))
 
 
-def _load_rows(unit: WorkUnit, prog: _Program):
+def _load_rows(unit: WorkUnit, prog: _Program, scales: bool = True):
     """Internal raw rows ``r_vw = w_vw``, exits ``[(w, slot)]`` and scales ``σ_v = λ_v``.
 
     The start keeps σ = −1: its row is the initial distribution, which needs no scale.
+    Without ``scales`` (a solve block) every σ is −1 and no sum is recorded.
     """
     k = unit.n_internal
     ptr = unit.ptr.tolist()
@@ -165,7 +334,8 @@ def _load_rows(unit: WorkUnit, prog: _Program):
         pairs = list(zip(dst[lo:hi], edge_slot[lo:hi], strict=True))
         rows.append({w: s for w, s in pairs if w < k})
         exits.append([(w, s) for w, s in pairs if w >= k])
-        sigma.append(-1 if unit.kind == KIND_START else prog.sum(edge_slot[lo:hi]))
+        no_scale = unit.kind == KIND_START or not scales
+        sigma.append(-1 if no_scale else prog.sum(edge_slot[lo:hi]))
     return rows, exits, sigma
 
 
@@ -294,7 +464,7 @@ def _eliminate(k: int, rows: list[dict[int, int]], sigma: list[int], eps: _ExitM
     return xk, xu, xv, xc
 
 
-def _finish(rows, exits, sigma, xprog, prog: _Program) -> dict[str, np.ndarray]:
+def _finish(rows, exits, sigma, xprog, prog: _Program, kind: int) -> dict[str, np.ndarray]:
     row_ptr, row_dst, row_slot = [0], [], []
     for row in rows:
         for w, s in sorted(row.items()):
@@ -309,6 +479,7 @@ def _finish(rows, exits, sigma, xprog, prog: _Program) -> dict[str, np.ndarray]:
         exit_ptr.append(len(exit_dst))
     xk, xu, xv, xc = xprog
     values = {
+        "unit_kind": [kind],
         "code": prog.code,
         "a": prog.a,
         "b": prog.b,

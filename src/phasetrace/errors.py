@@ -26,6 +26,50 @@ class InvalidParameterError(PhasetraceError, ValueError):
     """A parameter vector θ or a reward vector cannot be used with this trace."""
 
 
+class StateSpaceTooLargeError(PhasetraceError, ValueError):
+    """A built-in model would have more states than the configured limit (``max_states``).
+
+    Raised before any state is enumerated; the message gives the estimate and the
+    alternatives.
+
+    Attributes
+    ----------
+    estimate : int
+        The number of states the model would have.
+    limit : int
+        The limit in effect.
+    """
+
+    def __init__(self, message: str, estimate: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.estimate = estimate
+        self.limit = limit
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.estimate, self.limit))
+
+
+class InsufficientMemoryError(PhasetraceError, MemoryError):
+    """A recording or an evaluation would need more memory than this machine has free.
+
+    Raised before the work starts (not as a worker killed by the operating system); the
+    message says how much it needs, how much is available and what to change.
+
+    Attributes
+    ----------
+    needed, available : int
+        Bytes.
+    """
+
+    def __init__(self, message: str, needed: int = 0, available: int = 0):
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.needed, self.available))
+
+
 class TraceFormatError(PhasetraceError, ValueError):
     """A saved trace or cache entry is malformed, truncated or of another format version."""
 

@@ -13,6 +13,10 @@ b``) under the block schedule: units in reverse π order (sinks first), and in e
 3. back substitution for ``v`` in reverse π: ``x_v += (Σ_w r_vw·x_w) / σ_v``, the sum
    left to right from 0.
 
+A solve block (``unit_kind``) replaces steps 2 and 3 by a factorisation of its matrix at
+θ (:func:`block_factors`: the dense GTH elimination, no pivoting, each pivot summed from
+non-negative terms) and the two triangular solves (:func:`solve_block`).
+
 Moments: ``z₀ = 1``, ``z_j = F(r ∘ z_{j−1})``, ``E[Y^j] = j!·z_j[S]``; with ``r ≡ 1`` these
 are ``E[T^j]``. The rewards are zero at the start and at absorbing vertices.
 """
@@ -32,7 +36,7 @@ from ._args import (
     transient_rewards,
     zero_rate_plan,
 )
-from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY
+from .ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, UNIT_SOLVE, X_AXPY
 
 
 def slot_values(trace, thetas: np.ndarray, rates: np.ndarray | None = None) -> np.ndarray:
@@ -98,6 +102,7 @@ def apply_F(trace, vals: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     row_ptr, row_dst, row_slot = (arr[n].tolist() for n in ("row_ptr", "row_dst", "row_slot"))
     x_kind, x_u, x_v, x_coef = (arr[n].tolist() for n in ("x_kind", "x_u", "x_v", "x_coef"))
     sigma = arr["sigma"].tolist()
+    unit_kind = arr["unit_kind"].tolist()
     x = np.zeros_like(rhs)
     for unit in range(len(unit_ptr) - 2, -1, -1):
         first, last = unit_ptr[unit], unit_ptr[unit + 1]
@@ -106,6 +111,9 @@ def apply_F(trace, vals: np.ndarray, rhs: np.ndarray) -> np.ndarray:
             for e in range(exit_ptr[v], exit_ptr[v + 1]):
                 acc = acc + vals[exit_slot[e]] * x[exit_dst[e]]
             x[v] = acc
+        if unit_kind[unit] == UNIT_SOLVE:  # 2–3. a solve block: factorise, then solve
+            x[first:last] = solve_block(*block_factors(trace, vals, unit), x[first:last])
+            continue
         for t in range(unit_xptr[unit], unit_xptr[unit + 1]):  # 2. the x-program
             if x_kind[t] == X_AXPY:
                 x[x_u[t]] = x[x_u[t]] + vals[x_coef[t]] * x[x_v[t]]
@@ -117,6 +125,56 @@ def apply_F(trace, vals: np.ndarray, rhs: np.ndarray) -> np.ndarray:
                 for e in range(row_ptr[v], row_ptr[v + 1]):
                     acc = acc + vals[row_slot[e]] * x[row_dst[e]]
                 x[v] = x[v] + acc / vals[sigma[v]]
+    return x
+
+
+def block_factors(trace, vals: np.ndarray, unit: int):
+    """The GTH LU of solve block ``unit`` at every θ of ``vals`` (n_ops, B).
+
+    Returns ``(M, d)``: ``M`` of shape (k, k, B) holds the multipliers ``a_it`` below the
+    diagonal and the final rows ``R_iw`` above it (the diagonal is not used); ``d`` (k, B)
+    the pivots. Right-looking and dense: pivot ``t`` takes ``d_t = Σ_{w > t} R_tw + ε_t``
+    (left to right from 0), then every later row ``i`` gets ``a_it = R_it / d_t``,
+    ``R_iw += a_it·R_tw`` (``w > t``) and ``ε_i += a_it·ε_t``.
+    """
+    arr = trace.arrays
+    first, last = (int(x) for x in arr["unit_ptr"][unit : unit + 2])
+    k, B = last - first, vals.shape[1]
+    R = np.zeros((k, k, B))
+    eps = np.zeros((k, B))
+    for i in range(k):
+        v = first + i
+        lo, hi = arr["row_ptr"][v], arr["row_ptr"][v + 1]
+        R[i, arr["row_dst"][lo:hi] - first] = vals[arr["row_slot"][lo:hi]]
+        if arr["sigma"][v] >= 0:
+            eps[i] = vals[arr["sigma"][v]]
+    d = np.empty((k, B))
+    for t in range(k):
+        acc = np.zeros(B)
+        for w in range(t + 1, k):
+            acc = acc + R[t, w]
+        d[t] = acc + eps[t]
+        a = R[t + 1 :, t] / d[t]
+        R[t + 1 :, t] = a
+        eps[t + 1 :] = eps[t + 1 :] + a * eps[t]
+        R[t + 1 :, t + 1 :] = R[t + 1 :, t + 1 :] + a[:, None, :] * R[t, t + 1 :][None, :, :]
+    return R, d
+
+
+def solve_block(M: np.ndarray, d: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``A⁻¹ b`` for a solve block's factors (:func:`block_factors`), ``b`` of shape (k, B):
+    ``y_i = b_i + Σ_{t < i} a_it·y_t`` (t increasing), then, for ``i`` decreasing,
+    ``x_i = (y_i + Σ_{w > i} R_iw·x_w) / d_i`` (the sum left to right from 0)."""
+    k = b.shape[0]
+    y = b.copy()
+    for t in range(k - 1):
+        y[t + 1 :] = y[t + 1 :] + M[t + 1 :, t] * y[t]
+    x = y
+    for i in range(k - 1, -1, -1):
+        acc = np.zeros(b.shape[1])
+        for w in range(i + 1, k):
+            acc = acc + M[i, w] * x[w]
+        x[i] = (x[i] + acc) / d[i]
     return x
 
 

@@ -30,7 +30,16 @@ import numpy as np
 from . import _kernel_impl as impl
 from ._args import ZeroRatePlan, edge_rates, not_finite_error, zero_rate_plan
 from .errors import TraceFormatError
-from .ops import CONST, FMA, LOAD, SUM, VERTEX_ABSORBING, VERTEX_START, VERTEX_TRANSIENT
+from .ops import (
+    CONST,
+    FMA,
+    LOAD,
+    SUM,
+    UNIT_SOLVE,
+    VERTEX_ABSORBING,
+    VERTEX_START,
+    VERTEX_TRANSIENT,
+)
 
 #: θ per block in batches (a compile-time constant of the batched kernel, one of
 #: ``_kernel_impl.LANE_CHOICES``). Measured on two_island(50, 200), per θ: 16 lanes run
@@ -44,9 +53,13 @@ BLOCK_BYTES = 512 * 1024**2
 MIN_THETAS_PER_THREAD = 16
 #: With fewer θ than that: smallest number of reward vectors worth a thread of its own.
 MIN_REWARDS_PER_THREAD = 8
-#: One θ on a trace of at least this many ops: its units are replayed on all threads
+#: One θ on a trace of at least this much work (ops, plus ``k³/3`` per solve block of
+#: ``k`` states): its units are replayed, and its solve blocks factorised, on all threads
 #: first (they are independent), then solved in order (two_island(200) has 180k ops).
 PARALLEL_REPLAY_MIN_OPS = 50_000
+#: For one θ, every solve block's factors are kept (so a Jacobian's adjoint and the
+#: threads of many reward vectors reuse them) when they take at most this many bytes.
+FACTOR_STORE_BYTES = 256 * 1024**2
 
 
 class CompiledTrace:
@@ -82,13 +95,28 @@ class CompiledTrace:
             _i32(arr["row_dst"]),
             _i32(local[arr["row_slot"]]),
             _i32(np.where(sigma >= 0, local[np.maximum(sigma, 0)], -1)),
+            np.ascontiguousarray(arr["unit_kind"], dtype=np.int8),
         )
+        sizes = np.diff(arr["unit_ptr"])
+        solved = arr["unit_kind"] == UNIT_SOLVE
+        #: States of the largest solve block (0: none); its factors take k² values.
+        self.max_block = int(sizes[solved].max()) if solved.any() else 0
+        #: Entries of all solve blocks' factors (Σ k²) at one θ.
+        self.block_entries = int((sizes[solved].astype(np.int64) ** 2).sum())
+        #: Work per unit for one θ: its ops, and ``k³/3`` for a solve block.
+        self.unit_work = np.diff(unit_optr) + np.where(solved, sizes.astype(float) ** 3 / 3, 0)
+        #: The solve blocks' share of it.
+        self.block_work = float((sizes[solved].astype(float) ** 3 / 3).sum())
         self.grads = _gradient_edges(arr, self.transient, self.n_params)
 
     def lanes(self, batch: int, vectors: int) -> int:
-        """θ per block: :data:`LANES` for a batch, 1 for one θ or when memory is short
-        (the kernel keeps ``vectors`` arrays of ``n_vertices`` per lane)."""
+        """θ per block: :data:`LANES` for a batch, 1 for one θ, when memory is short (the
+        kernel keeps ``vectors`` arrays of ``n_vertices`` per lane), or when factorising
+        solve blocks is most of the work (it runs one lane at a time, and lanes only add
+        strided access to its solves: measured 15 % slower per θ on block-counting models)."""
         if batch < MIN_BATCH_FOR_LANES or 8 * LANES * vectors * self.n_vertices > BLOCK_BYTES:
+            return 1
+        if self.block_work > self.n_ops:
             return 1
         return LANES
 
@@ -393,27 +421,29 @@ def passes(trace, thetas, rewards, seq, scale, *, check: bool = True) -> np.ndar
     rewards = _vertex_major(rewards)
     seq = np.ascontiguousarray(seq, dtype=np.int64)
     scale = np.ascontiguousarray(scale, dtype=np.float64)
-    replayed = _replay_one(ct, thetas, bad)
+    pieces = _pieces(B, R)
+    _check_memory(ct, pieces, k, 0, B)
+    prepared = _prepare_one(ct, thetas, bad, pieces)
 
     def piece(ths: slice, rs: slice) -> None:
         th = thetas[ths]
         part = np.empty((th.shape[0], rs.stop - rs.start, k))
         lanes = ct.lanes(th.shape[0], part.shape[1] * k)
-        vals, full = _workspace(ct, replayed, lanes)
+        vals, full, fac = _workspace(ct, prepared, lanes)
         flags = impl.moments_chunk(
             ct.prog, ct.tape, ct.start, rewards, np.ascontiguousarray(seq[rs]), scale, th,
-            part, vals, full, lanes,
+            part, vals, full, fac, lanes,
         )  # fmt: skip
         np.maximum(bad[ths], flags, out=bad[ths])
         out[ths, rs] = part
 
-    _run(piece, _pieces(B, R))
+    _run(piece, pieces)
 
     def redo(b: int, prog: tuple) -> tuple[np.ndarray]:
         part = np.empty((1, R, k))
         impl.moments_chunk(
             prog, ct.tape, ct.start, rewards, seq, scale, thetas[b : b + 1], part,
-            np.empty(ct.max_unit_ops), False, 1,
+            np.empty(ct.max_unit_ops), False, impl.no_factors(), 1,
         )  # fmt: skip
         return (part[0],)
 
@@ -437,59 +467,108 @@ def moments_and_jacobian(
     jac = np.empty((B, R, k, P))
     bad = np.full(B, -1, dtype=np.int64)
     fact = _factorials(k)
-    replayed = _replay_one(ct, thetas, bad)
+    pieces = _pieces(B, R)
+    _check_memory(ct, pieces, k, P, B)
+    prepared = _prepare_one(ct, thetas, bad, pieces, jacobian=True)
 
     def piece(ths: slice, rs: slice) -> None:
         th = thetas[ths]
         n_r = rs.stop - rs.start
         part, part_jac = np.empty((th.shape[0], n_r, k)), np.empty((th.shape[0], n_r, k, P))
         lanes = ct.lanes(th.shape[0], 2 * n_r * k)
-        vals, full = _workspace(ct, replayed, lanes)
+        vals, full, fac = _workspace(ct, prepared, lanes)
         flags = impl.jacobian_chunk(
             ct.prog, ct.tape, ct.grads, ct.start, _vertex_major(rewards[rs]), fact, th,
-            part, part_jac, vals, full, lanes,
+            part, part_jac, vals, full, fac, lanes,
         )  # fmt: skip
         np.maximum(bad[ths], flags, out=bad[ths])
         out[ths, rs], jac[ths, rs] = part, part_jac
 
-    _run(piece, _pieces(B, R))
+    _run(piece, pieces)
 
     def redo(b: int, prog: tuple) -> tuple[np.ndarray, np.ndarray]:
         part, part_jac = np.empty((1, R, k)), np.empty((1, R, k, P))
         impl.jacobian_chunk(
             prog, ct.tape, ct.grads, ct.start, _vertex_major(rewards), fact, thetas[b : b + 1],
-            part, part_jac, np.empty(ct.max_unit_ops), False, 1,
+            part, part_jac, np.empty(ct.max_unit_ops), False, impl.no_factors(), 1,
         )  # fmt: skip
         return part[0], part_jac[0]
 
     return _finish(trace, bad, thetas, check, redo, out, jac)
 
 
-def _replay_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray) -> np.ndarray | None:
-    """For one θ on a large trace: every unit's values, replayed on all threads (units
-    are independent). Marks ``bad`` if a rate is not a positive finite number."""
-    if thetas.shape[0] != 1 or ct.n_ops < PARALLEL_REPLAY_MIN_OPS:
+def _check_memory(ct: CompiledTrace, pieces, k: int, P: int, B: int) -> None:
+    """Refuse an evaluation whose work arrays would not fit in the free memory.
+
+    Per piece (thread): ``k`` moment vectors of ``n_vertices`` per reward vector and lane
+    (``2k`` with a Jacobian, ``P`` > 0), one unit's values per lane and one lane of the
+    largest solve block's factors; for one θ, every unit's values and the solve blocks'
+    factors.
+    """
+    from ._memory import format_bytes, require
+
+    vectors = 2 * k if P else k
+    needed = 0.0  # the outputs are allocated already
+    for ths, rs in pieces:
+        n_r = rs.stop - rs.start
+        lanes = ct.lanes(ths.stop - ths.start, n_r * vectors)
+        needed += 8.0 * lanes * (vectors * n_r * ct.n_vertices + ct.max_unit_ops)
+        needed += 8.0 * ct.max_block**2
+    if B == 1:
+        needed += 8.0 * (ct.n_ops + ct.block_entries)
+    R = max(rs.stop for _, rs in pieces)
+    require(
+        needed,
+        f"evaluating {k} moment(s){' and their derivatives' if P else ''} of {R} reward "
+        f"vector(s) for {B} θ on a trace of {ct.n_vertices:,} vertices (largest solve "
+        f"block: {ct.max_block:,} states, {format_bytes(8.0 * ct.max_block**2)} per θ)",
+        "evaluate fewer reward vectors per call",
+    )
+
+
+def _prepare_one(ct: CompiledTrace, thetas: np.ndarray, bad: np.ndarray, pieces, jacobian=False):
+    """For one θ: every unit's values and every solve block's factors, computed on all
+    threads first (units are independent), or None where that does not pay.
+
+    It pays on a large trace with several threads, and whenever the trace has solve
+    blocks that several pieces (reward vectors split over threads) or a Jacobian's
+    adjoint would otherwise factorise again. The factors are kept only within
+    :data:`FACTOR_STORE_BYTES`. Marks ``bad`` if a rate is not a positive finite number.
+    """
+    if thetas.shape[0] != 1:
+        return None
+    work = float(ct.unit_work.sum())
+    reuse = ct.block_entries > 0 and (jacobian or len(pieces) > 1)
+    if not reuse and work < PARALLEL_REPLAY_MIN_OPS:
         return None
     n = _threads()
-    if n < 2:
+    if not reuse and n < 2:
         return None
     vals = np.empty(ct.n_ops)
-    optr = ct.prog[0]
-    cuts = np.searchsorted(optr, np.linspace(0, ct.n_ops, n + 1)).tolist()
-    cuts[0], cuts[-1] = 0, optr.size - 1
+    # The factors are kept only for reuse: writing them to fresh memory costs about what
+    # factorising again does (page faults), so plain moments factorise where they solve.
+    store = reuse and 8 * ct.block_entries <= FACTOR_STORE_BYTES
+    fac = impl.factor_store(ct.tape) if store else impl.no_factors()
+    n_units = ct.unit_work.size
+    cuts = np.searchsorted(np.cumsum(ct.unit_work), np.linspace(0, work, n + 1)[1:-1], "right")
+    cuts = [0, *cuts.tolist(), n_units]
     ok = []
-    pieces = [(lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo]
-    _run(lambda lo, hi: ok.append(impl.replay_units(ct.prog, lo, hi, thetas, vals)), pieces)
+
+    def prepare(lo: int, hi: int) -> None:
+        ok.append(impl.prepare_units(ct.prog, ct.tape, lo, hi, thetas, vals, fac))
+
+    _run(prepare, [(lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo])
     if not all(ok):
         bad[:] = impl.bad_rates(ct.prog, thetas)
-    return vals
+    return vals, fac
 
 
-def _workspace(ct: CompiledTrace, replayed, lanes: int) -> tuple[np.ndarray, bool]:
-    """The values buffer of one piece: the replayed values, or a fresh one-unit buffer."""
-    if replayed is not None and lanes == 1:
-        return replayed, True
-    return np.empty(ct.max_unit_ops * lanes), False
+def _workspace(ct: CompiledTrace, prepared, lanes: int) -> tuple[np.ndarray, bool, tuple]:
+    """The values buffer of one piece and its factors: those prepared for one θ, or a
+    fresh one-unit buffer and none (each block factorised where it is solved)."""
+    if prepared is not None and lanes == 1:
+        return prepared[0], True, prepared[1]
+    return np.empty(ct.max_unit_ops * lanes), False, impl.no_factors()
 
 
 def _vertex_major(rewards: np.ndarray) -> np.ndarray:

@@ -21,6 +21,12 @@ ADD       ``s_a + s_b``
 
 The x-program is a list of ``(kind, u, v, slot)``: ``X_AXPY`` is ``ξ_u += s·ξ_v``,
 ``X_DIV`` is ``ξ_u /= s`` (``v`` unused, −1).
+
+Each unit is of one of two kinds (``unit_kind``): ``UNIT_TAPED``, whose elimination is
+recorded op by op (the x-program and the final rows), or ``UNIT_SOLVE``, a *solve block*:
+a large strongly connected component whose program only loads its rates and sums its
+exit masses, whose rows are its internal edges as given (the pattern), and which the
+evaluator factorises at θ (``docs/algorithm.md``, "Solve blocks").
 """
 
 from __future__ import annotations
@@ -30,13 +36,17 @@ import numpy as np
 LOAD, CONST, SUM, DIV, MUL, FMA, ADD = range(7)
 OPCODE_NAMES = ("LOAD", "CONST", "SUM", "DIV", "MUL", "FMA", "ADD")
 X_AXPY, X_DIV = 0, 1
+UNIT_TAPED, UNIT_SOLVE = 0, 1
 
 VERTEX_START, VERTEX_TRANSIENT, VERTEX_ABSORBING = 0, 1, 2
 
 #: Arrays of a unit trace (one SCC's recording, local vertex ids), and their dtypes.
-#: Rows (``row_*``) are the final internal rows after elimination; exits (``exit_*``)
-#: are the unit's edges to other SCCs, unchanged (their rates' slots).
+#: Rows (``row_*``) are the final internal rows after elimination (a solve block: its
+#: internal edges); exits (``exit_*``) are the unit's edges to other SCCs, unchanged
+#: (their rates' slots). ``sigma`` is the slot of each vertex's scale σ_v (a solve block:
+#: of its exit mass ε_v, −1 for none). ``unit_kind`` has one entry (a trace: one per unit).
 UNIT_ARRAYS = {
+    "unit_kind": np.int8,
     "code": np.int8,
     "a": np.int32,
     "b": np.int32,
@@ -71,5 +81,6 @@ TRACE_EXTRA_ARRAYS = {
 }
 TRACE_ARRAYS = {**UNIT_ARRAYS, **TRACE_EXTRA_ARRAYS}
 
-#: Version of the saved-trace format (``Trace.save``); 2 is the block schedule.
-TRACE_FORMAT_VERSION = 2
+#: Version of the saved-trace format (``Trace.save``); 2 is the block schedule, 3 adds
+#: solve blocks (``unit_kind``).
+TRACE_FORMAT_VERSION = 3

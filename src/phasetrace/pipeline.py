@@ -1,11 +1,15 @@
 """``compute_trace`` / ``compute_traces``: decompose → cache → executor → stitch.
 
-Data flow (``architecture.md``): each graph is validated and cut into work units
-(:func:`phasetrace.scc.decompose`); every unit is looked up by its content key in the
+Data flow (``architecture.md``): each graph's whole trace is looked up by the graph's
+content key; the others are validated and cut into work units
+(:func:`phasetrace.scc.decompose`); every unit worth an entry of its own (an estimated
+:data:`UNIT_CACHE_MIN_OPS` ops or more) is looked up by its content key in the
 in-process memory cache, then on disk; the missing units, deduplicated by key across all
 graphs of the call, go to the configured executor as explicit work items (their
-canonical bytes); the results are stored (atomically) and each graph's trace is stitched
-from its units in π order. Workers only record: the cache lives in the calling process.
+canonical bytes); the units worth keeping are stored (atomically), each graph's trace is
+stitched from its units in π order and stored whole. Workers only record: the cache lives
+in the calling process. Before recording, the call is refused if it would not fit in the
+free memory (:class:`~phasetrace.errors.InsufficientMemoryError`).
 
 Because :func:`phasetrace.record_trace` stitches the same unit recordings, the result is
 bitwise identical to it, whatever strategy ran the units and whether they came from the
@@ -33,6 +37,7 @@ import numpy as np
 
 from . import _work
 from .cache import TraceCache, default_cache_dir
+from .elimination import check_recording_memory, estimated_ops
 from .errors import ExecutorTimeoutError, TraceFormatError
 from .executors.base import WorkItem
 from .graph import Graph
@@ -45,10 +50,17 @@ logger = logging.getLogger("phasetrace.pipeline")
 
 #: ``hierarchical=None`` splits graphs with at least this many vertices into units.
 HIERARCHICAL_MIN_VERTICES = 200
-#: Estimated recording time per unit of ``_estimated_ops`` (seconds), measured here.
+#: Estimated recording time per op of :func:`~phasetrace.elimination.estimated_ops`
+#: (seconds), measured here.
 SECONDS_PER_OP = 1.5e-6
 #: Show a progress bar automatically when recording is expected to take this long.
 PROGRESS_MIN_SECONDS = 3.0
+#: A unit gets a cache entry of its own (memory and disk) when its recording is estimated
+#: at this many ops or more (about 15 ms here). Writing and reading back an entry costs
+#: about a millisecond, so a smaller unit is cheaper to record again: a graph of many
+#: small units then writes one file (its whole trace) instead of one per unit, and its
+#: units are not looked up either. Whole traces are always cached.
+UNIT_CACHE_MIN_OPS = 10_000
 
 
 @dataclass
@@ -70,6 +82,12 @@ class RunStats:
         decomposed, looked up or stitched for them.
     strategy : str
         The strategy resolved for the call (``auto`` reports its choice, if it made one).
+    sccs_taped, sccs_solved : int
+        Which path each strongly connected component of the returned traces takes: its
+        elimination recorded op by op, or a solve block factorised at evaluation time
+        (summed over the graphs; per SCC: :meth:`Trace.unit_sizes`).
+    largest_taped, largest_solved : int
+        States of the largest SCC on each path (0: none).
     n_workers : int or None
     seconds : dict of str to float
         Wall time per stage: ``decompose``, ``lookup``, ``record``, ``store``, ``stitch``,
@@ -83,6 +101,10 @@ class RunStats:
     from_disk: int = 0
     recorded: int = 0
     traces_from_cache: int = 0
+    sccs_taped: int = 0
+    sccs_solved: int = 0
+    largest_taped: int = 0
+    largest_solved: int = 0
     strategy: str = ""
     n_workers: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -93,8 +115,21 @@ class RunStats:
         return (
             f"{self.graphs} graph(s), {whole}{self.units} unit(s) ({self.unique} distinct): "
             f"{self.from_memory} from memory, {self.from_disk} from disk, {self.recorded} "
-            f"recorded on {self.strategy!r}; {stages}"
+            f"recorded on {self.strategy!r}; SCCs: {self.sccs_taped} taped (largest "
+            f"{self.largest_taped}), {self.sccs_solved} solve blocks (largest "
+            f"{self.largest_solved}); {stages}"
         )
+
+    def count_paths(self, traces) -> None:
+        """Fill the SCC path counts from the traces returned."""
+        for trace in traces:
+            sizes, solved = trace.unit_sizes()
+            self.sccs_taped += int((~solved).sum())
+            self.sccs_solved += int(solved.sum())
+            if (~solved).any():
+                self.largest_taped = max(self.largest_taped, int(sizes[~solved].max()))
+            if solved.any():
+                self.largest_solved = max(self.largest_solved, int(sizes[solved].max()))
 
 
 _last_stats = threading.local()
@@ -255,15 +290,18 @@ def compute_traces(
     stats.units = sum(len(p.keys) for p in plans)
     stats.unique = len(items)
     results: dict[str, dict[str, np.ndarray]] = {}
+    kept = _kept_keys(plans, store)
     with _timed(stats, "lookup"):
-        missing = _lookup(store, items, results, stats)
+        missing = _lookup(store, items, results, stats, kept)
+    _check_memory(plans, missing, settings)
     with _timed(stats, "record"):
         recorded = _record(missing, settings, stats)
     for item, arrays in zip(missing, recorded, strict=True):
         results[item.key] = arrays
     # Writing the cache (checksums, files: mostly GIL-free) overlaps with stitching; the
     # thread is joined before returning, so its warnings belong to this call.
-    writer = threading.Thread(target=_store_all, args=(store, missing, recorded, stats))
+    keep = [(it, arrays) for it, arrays in zip(missing, recorded, strict=True) if it.key in kept]
+    writer = threading.Thread(target=_store_all, args=(store, keep, stats))
     writer.start()
     try:
         with _timed(stats, "stitch"):
@@ -273,6 +311,7 @@ def compute_traces(
         writer.join()
     with _timed(stats, "store"):
         _store_whole(store, settings, [(keys[i], graphs[i], traces[i]) for i in todo])
+    stats.count_paths(traces)
     stats.seconds["total"] = time.perf_counter() - t_start
     _last_stats.value = stats
     logger.info("compute_traces: %s", stats)
@@ -333,9 +372,26 @@ def _store_whole(store: TraceCache, settings: Settings, done) -> None:
         store.put(key or _graph_key(graph), trace.arrays, memory=False)
 
 
-def _store_all(store: TraceCache, items, recorded, stats: RunStats) -> None:
+def _kept_keys(plans: Sequence[_GraphPlan], store: TraceCache) -> set[str]:
+    """Keys of the units worth a cache entry of their own (:data:`UNIT_CACHE_MIN_OPS`).
+
+    A whole graph recorded as one item is never kept under its item key: its result is
+    its whole trace, which is cached under the graph's content key anyway.
+    """
+    if store.memory is None and store.disk is None:
+        return set()
+    return {
+        key
+        for p in plans
+        if p.decomposition is not None
+        for key, ops in p.ops.items()
+        if ops >= UNIT_CACHE_MIN_OPS
+    }
+
+
+def _store_all(store: TraceCache, keep, stats: RunStats) -> None:
     with _timed(stats, "store"):
-        for item, arrays in zip(items, recorded, strict=True):
+        for item, arrays in keep:
             kind, payload = item.payload
             if kind == "unit":  # the input travels with the entry: `cache verify` re-records it
                 arrays = {**arrays, UNIT_INPUT: np.frombuffer(payload, dtype=np.uint8)}
@@ -344,12 +400,17 @@ def _store_all(store: TraceCache, items, recorded, stats: RunStats) -> None:
 
 # -- planning ---------------------------------------------------------------------------------
 class _GraphPlan:
-    """The work items one graph needs and how to assemble its trace from their results."""
+    """The work items one graph needs and how to assemble its trace from their results.
 
-    def __init__(self, items: list[WorkItem], decomposition: Decomposition | None):
+    ``ops``: the estimated ops of each item (:func:`~phasetrace.elimination.estimated_ops`),
+    for the memory check before recording.
+    """
+
+    def __init__(self, items: list[WorkItem], decomposition: Decomposition | None, ops):
         self.items = items
         self.keys = [it.key for it in items]
         self.decomposition = decomposition
+        self.ops = dict(zip(self.keys, ops, strict=True))
 
     def finish(self, results: dict[str, dict[str, np.ndarray]]) -> Trace:
         if self.decomposition is None:
@@ -388,27 +449,48 @@ def _make_plan(graph: Graph, hierarchical: bool | None) -> _GraphPlan:
     if hierarchical is None:
         hierarchical = len(graph) >= HIERARCHICAL_MIN_VERTICES
     d = decompose(graph)
+    ops = [estimated_ops(u) for u in d.units]
     if not hierarchical:
         payload = graph.to_json().encode()
-        cost = sum(_unit_cost(u) for u in d.units)
-        return _GraphPlan(
-            [WorkItem(0, _cache_key(b"graph", payload), ("graph", payload), cost)], None
-        )
+        cost = sum(_unit_cost(n) for n in ops)
+        key = _cache_key(b"graph", payload)
+        return _GraphPlan([WorkItem(0, key, ("graph", payload), cost)], None, [sum(ops)])
     items = []
-    for unit in d.units:
+    for unit, n in zip(d.units, ops, strict=True):
         payload = unit.to_bytes()
-        items.append(WorkItem(0, _cache_key(b"unit", payload), ("unit", payload), _unit_cost(unit)))
-    return _GraphPlan(items, d)
+        items.append(WorkItem(0, _cache_key(b"unit", payload), ("unit", payload), _unit_cost(n)))
+    return _GraphPlan(items, d, ops)
 
 
-def _estimated_ops(unit: WorkUnit) -> float:
-    """Rough op count: loads, plus fill-in of about k·(k + exits) products in an SCC."""
-    k = unit.n_internal
-    return unit.n_edges + (k * (k + unit.n_exits) if k > 1 else 0)
+def _unit_cost(ops: int) -> float:
+    return SECONDS_PER_OP * ops + 4e-5  # measured per-unit floor
 
 
-def _unit_cost(unit: WorkUnit) -> float:
-    return SECONDS_PER_OP * _estimated_ops(unit) + 4e-5  # measured per-unit floor
+def _check_memory(plans: Sequence[_GraphPlan], missing: Sequence[WorkItem], settings) -> None:
+    """Refuse the call before recording if recording and stitching would not fit.
+
+    Units are recorded by the local workers at the same time (a remote cluster's
+    workers are not counted: their memory is elsewhere); every graph's trace is
+    stitched and kept here.
+    """
+    if not missing:
+        return
+    ops = {k: n for p in plans for k, n in p.ops.items()}
+    recorded = [ops[it.key] for it in missing]
+    local = isinstance(settings.strategy, str) and settings.strategy in _LOCAL_STRATEGIES
+    workers = 1
+    if local and settings.strategy != "sequential":
+        from .executors.base import resolve_n_workers
+
+        workers = resolve_n_workers(settings.n_workers)
+    stitched = sum(sum(p.ops.values()) for p in plans)
+    what = f"{len(plans)} graphs" if len(plans) > 1 else "this graph"
+    n_units = sum(len(p.keys) for p in plans)
+    check_recording_memory(stitched, n_units, sorted(recorded, reverse=True)[:workers], what)
+
+
+#: Strategies whose workers run on this machine.
+_LOCAL_STRATEGIES = ("auto", "sequential", "loky", "spawn", "joblib")
 
 
 def _unique_items(plans: Sequence[_GraphPlan]) -> list[WorkItem]:
@@ -420,10 +502,11 @@ def _unique_items(plans: Sequence[_GraphPlan]) -> list[WorkItem]:
     return list(seen.values())
 
 
-def _lookup(store: TraceCache, items, results, stats: RunStats) -> list[WorkItem]:
+def _lookup(store: TraceCache, items, results, stats: RunStats, kept) -> list[WorkItem]:
+    """Cached results of the items worth keeping (``kept``); returns the items to record."""
     missing = []
     for it in items:
-        hit = store.get(it.key)
+        hit = store.get(it.key) if it.key in kept else None
         if hit is not None and hit[1] == "disk" and not _well_formed(store, it, hit[0]):
             hit = None
         if hit is None:

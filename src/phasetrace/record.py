@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .elimination import record_unit
+from .elimination import check_recording_memory, estimated_ops, record_unit
 from .graph import Graph
 from .scc import decompose
 from .trace import Trace, stitch
@@ -13,6 +13,13 @@ def record_trace(graph: Graph) -> Trace:
 
     The graph is validated first. The result depends only on the graph's content:
     the same graph gives the same trace, bit for bit, in any process.
+
+    Raises
+    ------
+    InvalidGraphError
+        For a graph that breaks a rule of the model.
+    InsufficientMemoryError
+        Before recording, if the recording would need more memory than is free.
 
     Examples
     --------
@@ -25,4 +32,7 @@ def record_trace(graph: Graph) -> Trace:
         raise TypeError(f"record_trace expects a phasetrace.Graph, got {type(graph).__name__}")
     graph.validate()
     d = decompose(graph)
+    ops = [estimated_ops(u) for u in d.units]
+    what = f"a graph of {len(graph):,} states"
+    check_recording_memory(sum(ops), len(ops), [max(ops, default=0)], what)
     return stitch(d, [record_unit(u) for u in d.units])

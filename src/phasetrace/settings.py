@@ -7,8 +7,9 @@ Precedence, highest first, implemented once in :func:`resolve`:
    inherits what it does not set);
 3. ``configure(...)``: process-wide defaults;
 4. environment variables ``PHASETRACE_STRATEGY``, ``PHASETRACE_N_WORKERS``,
-   ``PHASETRACE_CACHE_DIR`` (read at each resolution, and checked only when used: a bad
-   value is an error only where no higher layer sets that setting);
+   ``PHASETRACE_CACHE_DIR``, ``PHASETRACE_MAX_STATES`` (read at each resolution, and
+   checked only when used: a bad value is an error only where no higher layer sets that
+   setting);
 5. the defaults of :class:`Settings`.
 
 "Not given" is the :data:`UNSET` sentinel, not ``None``: ``None`` is a value of its own
@@ -94,6 +95,7 @@ UNSET: Any = _Unset()
 ENV_STRATEGY = "PHASETRACE_STRATEGY"
 ENV_N_WORKERS = "PHASETRACE_N_WORKERS"
 ENV_CACHE_DIR = "PHASETRACE_CACHE_DIR"
+ENV_MAX_STATES = "PHASETRACE_MAX_STATES"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ class Settings:
         Show progress; None decides automatically.
     timeout : float or None
         Seconds a ``map`` call may take; None is no limit.
+    max_states : int or None
+        The built-in models with exponential state spaces (block counting) refuse to
+        build more states than this, before enumerating any (default 1,000,000; None is
+        no limit).
     options : tuple of (str, value) pairs
         Strategy options (``address``, ``client``, ``security`` for dask, ...), kept as
         sorted pairs so that ``Settings`` stays immutable; see :attr:`options_dict`.
@@ -129,6 +135,7 @@ class Settings:
     cache_dir: str | None = None
     progress: bool | None = None
     timeout: float | None = None
+    max_states: int | None = 1_000_000
     options: tuple[tuple[str, Any], ...] = ()
 
     @property
@@ -193,6 +200,14 @@ def _check_timeout(value: Any) -> float | None:
     return float(value)
 
 
+def _check_max_states(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_states must be a positive int or None, got {value!r}")
+    return int(value)
+
+
 def _check_options(value: Any) -> tuple[tuple[str, Any], ...]:
     if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
         value = dict(value)
@@ -211,6 +226,7 @@ _CHECKS = {
     "cache_dir": _check_cache_dir,
     "progress": lambda v: _check_bool("progress", v, allow_none=True),
     "timeout": _check_timeout,
+    "max_states": _check_max_states,
     "options": _check_options,
 }
 
@@ -280,7 +296,12 @@ _block_layer: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar
 )
 
 
-_ENV = {"strategy": ENV_STRATEGY, "n_workers": ENV_N_WORKERS, "cache_dir": ENV_CACHE_DIR}
+_ENV = {
+    "strategy": ENV_STRATEGY,
+    "n_workers": ENV_N_WORKERS,
+    "cache_dir": ENV_CACHE_DIR,
+    "max_states": ENV_MAX_STATES,
+}
 
 
 def _env_value(name: str) -> Any:
@@ -296,6 +317,8 @@ def _env_value(name: str) -> Any:
     try:
         if name == "n_workers":
             return _check_n_workers(int(raw))
+        if name == "max_states":
+            return _check_max_states(None if raw.lower() == "none" else int(raw))
         return _CHECKS[name](raw)
     except (ValueError, TypeError) as exc:  # int() failed, or a check (StrategyError)
         # keep the subclass (pmap's StrategyRejectedError) so handlers see the real reason
@@ -310,7 +333,7 @@ def configure(**settings: Any) -> Settings:
     ----------
     **settings
         Any of the :class:`Settings` fields: ``strategy``, ``n_workers``, ``cache``,
-        ``cache_dir``, ``progress``, ``timeout``, ``options``. Fields not given keep
+        ``cache_dir``, ``progress``, ``timeout``, ``max_states``, ``options``. Fields not given keep
         their configured value; ``UNSET`` removes a configured value. Any other keyword
         is a strategy option (``configure(strategy="dask", address="tcp://…")`` is
         ``configure(strategy="dask", options={"address": "tcp://…"})``).
@@ -424,6 +447,25 @@ def resolve(**explicit: Any) -> Settings:
             env = _env_value(name)
             values[name] = getattr(_DEFAULTS, name) if env is UNSET else env
     return Settings(**values)
+
+
+def resolve_setting(name: str, explicit: Any = UNSET) -> Any:
+    """One setting, resolved as :func:`resolve` does, without checking the others (a bad
+    environment value of another setting is no error here).
+
+    Examples
+    --------
+    >>> with config(max_states=10):
+    ...     resolve_setting("max_states"), resolve_setting("max_states", 5)
+    (10, 5)
+    """
+    if name not in _CHECKS:
+        raise TypeError(f"unknown setting {name!r}; settings are: {', '.join(_FIELDS)}")
+    for layer in (_validated({name: explicit}), _block_layer.get(), _process_layer):
+        if name in layer:
+            return layer[name]
+    env = _env_value(name)
+    return getattr(_DEFAULTS, name) if env is UNSET else env
 
 
 def get_settings() -> Settings:

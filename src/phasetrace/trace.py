@@ -41,6 +41,7 @@ from .ops import (
     SUM,
     TRACE_ARRAYS,
     TRACE_FORMAT_VERSION,
+    UNIT_SOLVE,
     VERTEX_ABSORBING,
     VERTEX_START,
     VERTEX_TRANSIENT,
@@ -167,9 +168,23 @@ class Trace:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 
+    def unit_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """States per unit (SCC) in π order, and whether each is a solve block.
+
+        Examples
+        --------
+        >>> import phasetrace as pt
+        >>> sizes, solved = pt.record_trace(pt.models.two_island(3)).unit_sizes()
+        >>> sizes.tolist(), solved.tolist()
+        ([1, 4, 3], [False, False, False])
+        """
+        return np.diff(self.arrays["unit_ptr"]), self.arrays["unit_kind"] == UNIT_SOLVE
+
     def summary(self) -> dict[str, Any]:
-        """Counts: vertices, ops by type, x-program length, row entries, bytes."""
+        """Counts: vertices, ops by type, x-program length, row entries, bytes, and the
+        SCCs taped and solved (solve blocks: their number and largest size)."""
         code = self.arrays["code"]
+        sizes, solved = self.unit_sizes()
         counts = np.bincount(code, minlength=len(OPCODE_NAMES))
         kinds = np.bincount(self.arrays["vertex_kind"], minlength=3)
         return {
@@ -181,6 +196,9 @@ class Trace:
             "ops_by_type": {n: int(c) for n, c in zip(OPCODE_NAMES, counts, strict=True) if c},
             "x_program": int(self.arrays["x_kind"].shape[0]),
             "row_entries": int(self.arrays["row_dst"].shape[0]),
+            "units_taped": int((~solved).sum()),
+            "solve_blocks": int(solved.sum()),
+            "largest_solve_block": int(sizes[solved].max()) if solved.any() else 0,
             "bytes": self.nbytes,
         }
 
@@ -453,6 +471,17 @@ def _check_npz_sizes(fh, path) -> None:
                 )
 
 
+def _unit_diffs(ptrs: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``np.diff`` of every unit's pointer array (``k[u] + 1`` entries each, concatenated),
+    in one pass: the differences across unit boundaries are dropped."""
+    if ptrs.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    boundary = np.cumsum(k + 1)[:-1] - 1  # last entry of each unit but the last one
+    keep = np.ones(ptrs.size - 1, dtype=bool)
+    keep[boundary] = False
+    return np.diff(ptrs)[keep]
+
+
 def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndarray]]) -> Trace:
     """Concatenate unit traces into the whole-graph trace, units in π order.
 
@@ -469,15 +498,34 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     k = np.array([u.n_internal for u in d.units], dtype=np.int64)
     n_internal = int(k.sum())
 
-    def cat(name, dtype=np.int64, source=uts):
-        parts = [x[name] for x in source]
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-
-    def lengths(name):
-        return np.array([x[name].shape[0] for x in uts], dtype=np.int64)
+    # Units with equal content share one recording (the pipeline deduplicates by key), so
+    # each distinct recording is concatenated once and gathered for every unit using it.
+    index: dict[int, int] = {}
+    distinct = []
+    for x in uts:
+        if index.setdefault(id(x), len(distinct)) == len(distinct):
+            distinct.append(x)
+    which = np.array([index[id(x)] for x in uts], dtype=np.int64)
 
     def starts(lens):
         return np.cumsum(lens) - lens
+
+    def lengths(name):
+        return np.array([x[name].shape[0] for x in distinct], dtype=np.int64)[which]
+
+    def cat(name, dtype=np.int64, source=None):
+        if source is not None:  # other per-unit arrays, in unit order
+            parts = [x[name] for x in source]
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+        if not distinct:
+            return np.zeros(0, dtype=dtype)
+        flat = np.concatenate([x[name] for x in distinct]).astype(dtype)
+        if len(distinct) == len(uts):
+            return flat
+        lens_d = np.array([x[name].shape[0] for x in distinct], dtype=np.int64)
+        lens = lens_d[which]
+        gather = np.repeat(starts(lens_d)[which] - starts(lens), lens) + np.arange(lens.sum())
+        return flat[gather]
 
     n_ops = lengths("code")
     slot0 = starts(n_ops)
@@ -514,6 +562,7 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     )
     n_x, n_rows, n_exits = lengths("x_kind"), lengths("row_slot"), lengths("exit_slot")
     arrays = {
+        "unit_kind": cat("unit_kind", np.int8),
         "code": code,
         "a": a + a_off,
         "b": np.where((b >= 0) & (code != SUM), b + slot_off, b),
@@ -538,16 +587,20 @@ def stitch(decomposition: Decomposition, unit_traces: Sequence[dict[str, np.ndar
     arrays["sigma"] = sigma
     for name in ("row_ptr", "exit_ptr"):
         per_vertex = np.zeros(n, dtype=np.int64)
-        if uts:
-            per_vertex[:n_internal] = np.concatenate([np.diff(x[name]) for x in uts])
+        per_vertex[:n_internal] = _unit_diffs(cat(name), k)
         arrays[name] = np.concatenate([[0], np.cumsum(per_vertex)])
-    units = [{"ptr": u.ptr, "dst": u.dst, "base": u.base} for u in d.units]
-    out_deg = np.concatenate([np.diff(u.ptr) for u in d.units]) if units else np.zeros(0, int)
-    arrays["input_base"] = cat("base", np.float64, units)
-    coefs = [u.coef for u in d.units] or [np.zeros((0, d.n_params))]
-    arrays["input_coef"] = np.concatenate(coefs).reshape(int(edges.sum()), d.n_params)
+    if d.edges is not None:  # every unit's edges, gathered by decompose already
+        vptr, dst, base, coef = d.edges
+        out_deg = np.diff(vptr)
+    else:
+        units = [{"ptr": u.ptr, "dst": u.dst, "base": u.base} for u in d.units]
+        out_deg = _unit_diffs(cat("ptr", np.int64, units), k)
+        dst, base = cat("dst", np.int64, units), cat("base", np.float64, units)
+        coef = np.concatenate([u.coef for u in d.units] or [np.zeros((0, d.n_params))])
+    arrays["input_base"] = np.asarray(base, dtype=np.float64)
+    arrays["input_coef"] = np.asarray(coef, dtype=np.float64).reshape(int(edges.sum()), d.n_params)
     arrays["input_src"] = np.repeat(np.arange(n_internal), out_deg)
-    arrays["input_dst"] = vmap[np.repeat(vm0, edges) + cat("dst", np.int64, units)]
+    arrays["input_dst"] = vmap[np.repeat(vm0, edges) + dst]
     kinds = np.full(n, VERTEX_ABSORBING, dtype=np.int8)
     kinds[:n_internal] = VERTEX_TRANSIENT
     if d.units and d.units[0].kind == 1:

@@ -31,7 +31,10 @@ Two methods, picked by the backend (``moments_fn(..., method=...)``):
     The trace lowered once to a ``lax.scan`` over fixed-width steps that XLA compiles
     for the device (:mod:`phasetrace.jax._native`); gradients in forward or reverse mode
     (``gradient=``). Results agree with :meth:`Trace.moments` to about 1e-15 relative
-    (sums are added in a tree order).
+    (sums are added in a tree order). Traces with solve blocks (large strongly connected
+    components factorised at evaluation time, see :meth:`Trace.summary`) cannot be
+    lowered: ``method="native"`` refuses them, and ``"auto"`` uses the kernel for them
+    on every backend (a host callback).
 
 Only reverse-mode transformations are defined (``jax.grad``, ``jax.vjp``,
 ``jax.jacrev``); ``jax.jvp`` and ``jax.jacfwd`` raise, as for every ``custom_vjp`` function.
@@ -89,6 +92,7 @@ from .._args import (
     zero_rate_plan,
 )
 from ..errors import InvalidParameterError, PrecisionWarning
+from ..ops import UNIT_SOLVE
 from ._bridge import (
     BridgeStats,
     GraphStore,
@@ -101,6 +105,7 @@ from ._bridge import (
     register_graph,
 )
 from ._distribution import distribution_fn
+from ._lower import refuse_solve_blocks
 from ._native import FORWARD_MODE_MAX, _Evaluator
 
 __all__ = [
@@ -152,8 +157,9 @@ def moments_fn(
         shape ``(B, n_params)`` and returns ``(B, k)``.
     method : {"auto", "kernel", "native"}
         ``"kernel"``: a host callback into the compiled kernel (CPU). ``"native"``: the
-        trace lowered to XLA operations (runs on any device). ``"auto"``: the kernel when
-        JAX's default backend is the CPU, else native.
+        trace lowered to XLA operations (runs on any device; not for traces with solve
+        blocks). ``"auto"``: the kernel when JAX's default backend is the CPU or the trace
+        has solve blocks, else native. ``f.method`` says which was used.
     chunk : int, optional
         Native method: θ per chunk of a batch (default 128 to 512).
     gradient : {"auto", "forward", "reverse"}
@@ -170,8 +176,9 @@ def moments_fn(
     Raises
     ------
     InvalidParameterError
-        For a bad ``k``, ``rewards``, ``method`` or ``gradient`` here; for a θ of the wrong
-        shape when called; for a θ that cannot be evaluated when called eagerly.
+        For a bad ``k``, ``rewards``, ``method`` or ``gradient`` here, and for
+        ``method="native"`` on a trace with solve blocks; for a θ of the wrong shape when
+        called; for a θ that cannot be evaluated when called eagerly.
 
     Warns
     -----
@@ -213,8 +220,11 @@ def moments_fn(
         )
     if method not in METHODS:
         raise InvalidParameterError(f"method must be one of {METHODS}, got {method!r}")
+    has_blocks = bool((trace.arrays["unit_kind"] == UNIT_SOLVE).any())
     if method == "auto":
-        method = "kernel" if jax.default_backend() == "cpu" else "native"
+        method = "kernel" if has_blocks or jax.default_backend() == "cpu" else "native"
+    if method == "native" and has_blocks:
+        refuse_solve_blocks(trace.arrays)
     rew, multi = as_reward_matrix(trace, rewards)
     if method == "kernel":
         from ._kernel import KernelFunction

@@ -34,6 +34,12 @@ little more steps than one.
 Sums are added in a tree order and back-substitution rows are split into partial dot
 products, so results agree with :mod:`phasetrace.evaluate` to rounding (about 1e-15
 relative), not bitwise.
+
+Solve blocks (SCCs factorised at evaluation time, ``unit_kind``) are not lowered: their
+factorisation is the ``O(k³)`` program the recorder avoided writing down, and a step
+program of that size is what this lowering cannot compile. :func:`lower` refuses such
+traces with :class:`~phasetrace.errors.InvalidParameterError`; ``moments_fn(method="auto")``
+uses the kernel for them.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, X_AXPY
+from ..errors import InvalidParameterError
+from ..ops import ADD, CONST, DIV, FMA, LOAD, MUL, SUM, UNIT_SOLVE, X_AXPY
 
 K_FMA, K_MUL, K_DIV, K_SUM, K_DOT = range(5)
 KIND_NAMES = ("fma", "mul", "div", "sum", "dot")
@@ -228,10 +235,24 @@ def lower(arrays: dict[str, np.ndarray], k: int, rewards: np.ndarray) -> Lowered
     >>> [s.name for s in low.segments]
     ['all']
     """
+    refuse_solve_blocks(arrays)
     bld = _Builder()
     node = _weight_program(bld, arrays)
     out_nodes = _f_passes(bld, arrays, node, k, rewards)
     return _schedule(bld, arrays, k, out_nodes)
+
+
+def refuse_solve_blocks(arrays) -> None:
+    """Raise :class:`~phasetrace.errors.InvalidParameterError` if the trace has solve blocks."""
+    solved = arrays["unit_kind"] == UNIT_SOLVE
+    if solved.any():
+        sizes = np.diff(arrays["unit_ptr"])[solved]
+        raise InvalidParameterError(
+            f"method='native' cannot evaluate this trace: {int(solved.sum())} of its strongly "
+            f"connected components (the largest of {int(sizes.max())} states) are solve "
+            "blocks, factorised at evaluation time, which the native lowering does not "
+            "support; use method='kernel' (the default for such traces)"
+        )
 
 
 def _weight_program(bld: _Builder, arrays) -> list[int]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Graph
+from ..settings import UNSET
+from ._size import block_states, check_size
 
 
-def kingman(n: int, state_space: str = "blocks") -> Graph:
+def kingman(n: int, state_space: str = "blocks", *, max_states: int | None = UNSET) -> Graph:
     """The Kingman coalescent of ``n`` samples; θ = (pairwise coalescence rate,).
 
     Parameters
@@ -22,6 +24,16 @@ def kingman(n: int, state_space: str = "blocks") -> Graph:
         rewards, ``r(s) = s[i]`` gives the total length of branches subtending ``i + 1``
         samples, with ``E = 2/(i + 1)`` at rate 1.
         ``"lineages"``: state ``[k]`` is the number of lineages (``n`` states), for large n.
+    max_states : int or None, keyword-only
+        Refuse to build more states than this (default: the configured ``max_states``,
+        1,000,000 unless set; None: no limit). The block-counting state space is counted
+        before it is built.
+
+    Raises
+    ------
+    StateSpaceTooLargeError
+        Before building anything, when the state space has more than ``max_states``
+        states (``kingman(100)`` blocks: 190,569,293).
 
     Notes
     -----
@@ -40,6 +52,13 @@ def kingman(n: int, state_space: str = "blocks") -> Graph:
         return Graph.from_callback(_lineage_step, [n], n_params=1)
     if state_space != "blocks":
         raise ValueError(f"state_space must be 'blocks' or 'lineages', got {state_space!r}")
+    check_size(
+        block_states(n) + 1,
+        f"kingman({n}, state_space='blocks')",
+        f"the partitions of {n}, and the start",
+        f"for moments of the time to the MRCA use state_space='lineages' ({n} states)",
+        max_states,
+    )
     return Graph.from_callback(_block_step, [n] + [0] * (n - 1), n_params=1)
 
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..graph import Graph
+from ..settings import UNSET
+from ._size import block_states, check_size
 
 MIGRATION_SCHEMES = ("symmetric", "pairwise", "directed")
 COALESCENCE_SCHEMES = ("shared", "per_deme")
@@ -31,6 +33,7 @@ def structured_coalescent(
     *,
     coalescence="shared",
     state_space: str = "lineages",
+    max_states: int | None = UNSET,
 ) -> Graph:
     """The structured coalescent of ``samples[k]`` lineages sampled in deme ``k``.
 
@@ -79,6 +82,10 @@ def structured_coalescent(
         ``s[k·n + n − 1] = 1``). Use it for site-frequency spectra
         (:func:`phasetrace.sfs`): ``r(s) = Σ_k s[k·n + i]`` is the total length of
         branches subtending ``i + 1`` samples.
+    max_states : int or None, keyword-only
+        Refuse to build more states than this (default: the configured ``max_states``,
+        1,000,000 unless set; None: no limit). The block state space is counted before
+        it is built (``(5, 5, 5)``: 35,582 states; ``(8, 8, 8)``: 1,762,463).
 
     Returns
     -------
@@ -94,6 +101,9 @@ def structured_coalescent(
         index or a non-``-1`` diagonal, a coalescence map of the wrong length, parameter
         indices with gaps, and a migration pattern under which two lineages can never
         meet (then the coalescent would never end).
+    StateSpaceTooLargeError
+        Before building anything, for a block state space of more than ``max_states``
+        states.
 
     Notes
     -----
@@ -131,6 +141,14 @@ def structured_coalescent(
         limits = np.full(d, n)
         kinds, u, v, delta, param = _lineage_moves(d, coal, mig, n_coal)
     else:
+        check_size(
+            block_states(n, d) + 1,
+            f"structured_coalescent({tuple(int(x) for x in n_per)}, state_space='blocks')",
+            f"the partitions of {n} samples into lineages in {d} deme(s), and the start",
+            "for moments of the time to the MRCA use state_space='lineages' (at most "
+            f"{math.comb(n + d, d):,} states)",
+            max_states,
+        )
         start = np.zeros(d * n, np.int64)
         start[np.arange(d) * n] = n_per
         limits = np.tile(n // np.arange(1, n + 1), d)  # at most n/(i + 1) blocks of size i + 1
