@@ -256,8 +256,11 @@ demes:
 
 def test_a_state_space_past_the_limit_is_refused_with_its_size():
     model = pt.models.from_demes(im_graph(), {"A": 6, "B": 6}, max_states=5000)
-    with pytest.raises(InvalidParameterError, match=r"about [\d,]+ states"):
+    with pytest.raises(pt.StateSpaceTooLargeError, match=r"about [\d,]+ states"):
         pt.jsfs(model)
+    # the setting the built-in models use, too
+    with pt.config(max_states=5000), pytest.raises(pt.StateSpaceTooLargeError):
+        pt.jsfs(pt.models.from_demes(im_graph(), {"A": 6, "B": 6}))
     assert np.isfinite(model.expectation())  # lineage counts are still small
 
 

@@ -19,7 +19,6 @@ import pytest
 import phasetrace as pt
 from phasetrace.demography._spec import Move, Structure
 from phasetrace.demography.statespace import (
-    DEFAULT_MAX_STATES,
     MapTerms,
     build_state_space,
     estimate_states,
@@ -454,9 +453,10 @@ def test_estimate_is_exact_for_one_deme(n, partitions):
 def test_too_many_states_is_refused_before_building():
     s = im(7, 7)
     est = estimate_states(s, "joint")
-    assert 100_000 < est <= DEFAULT_MAX_STATES
-    with pytest.raises(InvalidParameterError) as info:
+    assert 100_000 < est <= pt.get_settings().max_states  # 7 + 7 passes by default
+    with pytest.raises(pt.StateSpaceTooLargeError) as info:
         build_state_space(s, "joint", max_states=10_000)
+    assert (info.value.estimate, info.value.limit) == (est, 10_000)
     msg = str(info.value)
     assert f"{est:,}" in msg and "'lineages'" in msg and "large-n SFS" in msg
     assert "max_states=10,000" in msg

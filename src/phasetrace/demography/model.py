@@ -63,7 +63,7 @@ def from_demes(
     max_states : int, optional
         Refuse to build a state space estimated to need more states (the message says
         how many and what to use instead); default
-        :data:`phasetrace.demography.statespace.DEFAULT_MAX_STATES`.
+        the ``max_states`` setting (:func:`phasetrace.configure`, default 1,000,000).
 
     Returns
     -------
@@ -102,7 +102,7 @@ class DemesModel(TimeModel):
     """A demes plan on one kind of state space ("lineages", "blocks" or "joint")."""
 
     def __init__(self, plan, kind: str, *, tol: float, max_states: int | None, proxy=None):
-        from .statespace import DEFAULT_MAX_STATES, build_state_space
+        from .statespace import build_state_space
 
         self._proxy = proxy  # the lineage-count model: cheap occupation times for growth
         self.plan = plan
@@ -111,8 +111,7 @@ class DemesModel(TimeModel):
         self.theta = np.array(plan.theta, dtype=np.float64)
         self.tol = _check_tol(tol)
         self.max_steps = DEFAULT_MAX_STEPS
-        limit = DEFAULT_MAX_STATES if max_states is None else max_states
-        self.space = build_state_space(plan.structure, kind, max_states=limit)
+        self.space = build_state_space(plan.structure, kind, max_states=max_states)
         s = plan.structure
         d = s.n_demes
         pairs = self.space.pairs

@@ -56,17 +56,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, StateSpaceTooLargeError
 from ..graph import Graph
 from ._estimate import estimate
 from ._explore import Explorer, make_types
 from ._spec import Move, Structure
 
 KINDS = ("lineages", "blocks", "joint")
-#: Default limit on the number of states. IM 7 + 7 joint (126,132 states, about 1 s and
-#: 0.8 GB at peak to build) and 8 + 8 (489,069 states, 4.2 GB at peak) pass; 9 + 9 and
-#: beyond, whose states alone take many GB, are refused with the estimate.
-DEFAULT_MAX_STATES = 600_000
+#: The limit on the number of states is the ``max_states`` setting
+#: (:func:`phasetrace.configure`, ``PHASETRACE_MAX_STATES``; default 1,000,000), shared
+#: with the built-in block-counting models. IM 7 + 7 joint (126,132 states, about 1 s and
+#: 0.8 GB at peak to build) and 8 + 8 (489,069 states, 4.2 GB at peak) pass.
 #: Default limit on the terms of one boundary map (about 30 bytes each when kept). One
 #: pulse on IM 7 + 7 joint makes 1.6 M; two pulses at one time (A → B, then B → A) 25 M.
 DEFAULT_MAX_MAP_TERMS = 50_000_000
@@ -257,7 +257,7 @@ def build_state_space(
     structure: Structure,
     kind: str,
     *,
-    max_states: int = DEFAULT_MAX_STATES,
+    max_states: int | None = None,
     max_map_terms: int = DEFAULT_MAX_MAP_TERMS,
 ) -> StateSpace:
     """The state space of ``structure`` of the given kind (see the module docstring).
@@ -267,7 +267,8 @@ def build_state_space(
     structure : Structure
     kind : {"lineages", "blocks", "joint"}
     max_states : int, keyword-only
-        Refuse (before enumerating) when :func:`estimate_states` exceeds it.
+        Refuse (before enumerating) when :func:`estimate_states` exceeds it; default: the
+        ``max_states`` setting.
     max_map_terms : int, keyword-only
         Refuse a boundary map with more terms (checked while it is composed).
 
@@ -277,9 +278,11 @@ def build_state_space(
 
     Raises
     ------
+    StateSpaceTooLargeError
+        For a model past ``max_states`` (the message gives the estimate and what to use
+        instead).
     InvalidParameterError
-        For an unknown kind, a malformed structure, a model past ``max_states`` (the
-        message gives the estimate and what to use instead) or ``max_map_terms``, and
+        For an unknown kind, a malformed structure, a map past ``max_map_terms``, and
         lineages that can never meet in the last interval.
 
     Examples
@@ -303,14 +306,19 @@ def build_state_space(
     """
     _check_kind(kind)
     _check_structure(structure)
-    for name, value in (("max_states", max_states), ("max_map_terms", max_map_terms)):
+    from ..settings import resolve_setting
+
+    limit = resolve_setting("max_states") if max_states is None else max_states
+    for name, value in (("max_states", limit), ("max_map_terms", max_map_terms)):
+        if value is None and name == "max_states":
+            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise InvalidParameterError(f"{name} must be an int >= 1, got {value!r}")
     guess = estimate(structure, kind)
-    if guess > max_states:
-        raise InvalidParameterError(_too_many(guess, kind, max_states))
+    if limit is not None and guess > limit:
+        raise StateSpaceTooLargeError(_too_many(guess, kind, limit), estimate=guess, limit=limit)
     types = make_types(structure, kind)
-    ex = Explorer(structure, types, max_states, max_map_terms)
+    ex = Explorer(structure, types, limit if limit is not None else 2**62, max_map_terms)
     start = types.start.astype(ex.dtype)[None, :]
     ex.add(start, *ex.hash(start))
     n_intervals = structure.n_intervals
@@ -378,8 +386,9 @@ def _too_many(guess: int, kind: str, max_states: int) -> str:
     return (
         f"this model needs about {guess:,} states for kind {kind!r}, more than "
         f"max_states={max_states:,}. Use kind 'lineages' for T_MRCA alone, the large-n SFS "
-        "when all samples are in one panmictic deme, or fewer samples; or pass a larger "
-        "max_states if the memory allows"
+        "when all samples are in one panmictic deme, or fewer samples; or raise the limit "
+        "if the memory allows (from_demes(..., max_states=...), "
+        "phasetrace.configure(max_states=...) or PHASETRACE_MAX_STATES)"
     )
 
 
