@@ -375,3 +375,23 @@ def not_finite_error(theta, values: np.ndarray, what: str = "moments") -> Invali
         "overflows float64 at this θ (a rate is too close to 0, or too large, for these "
         "moments to be represented)"
     )
+
+
+def as_times(t) -> np.ndarray:
+    """Times as a float64 array of any shape (the distribution functions' ``t``)."""
+    try:
+        return np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"t is not an array of numbers: {exc}") from None
+
+
+def as_probabilities(p) -> np.ndarray:
+    """Probabilities as a float64 array of any shape, each in ``[0, 1]`` (or NaN)."""
+    try:
+        pp = np.asarray(p, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"p is not an array of numbers: {exc}") from None
+    outside = (pp < 0) | (pp > 1)
+    if outside.any():
+        raise InvalidParameterError(f"p must be in [0, 1]; got {float(pp[outside][0])!r}")
+    return pp

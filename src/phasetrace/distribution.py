@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from ._args import as_rewards, as_thetas, zero_rate_plan
+from ._args import as_probabilities, as_rewards, as_thetas, as_times, zero_rate_plan
 from .errors import InvalidParameterError
 from .ops import VERTEX_START, VERTEX_TRANSIENT
 
@@ -583,13 +583,6 @@ def _prepare(trace, theta, rewards, tol, max_steps):
     return th, single, r
 
 
-def _times(t) -> np.ndarray:
-    try:
-        return np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"t is not an array of numbers: {exc}") from None
-
-
 #: Values before 0 and at ∞ of (sf, cdf, pdf): before 0 nothing is absorbed, at ∞ all is.
 _EDGES = {0: (1.0, 0.0), 1: (0.0, 1.0), 2: (0.0, 0.0)}
 
@@ -627,7 +620,7 @@ def _one_theta(trace, flat, theta, r, tol, max_steps, which, gradient=False, dt=
 
 def _distribution(trace, t, theta, rewards, tol, max_steps, which: int):
     th, single, r = _prepare(trace, theta, rewards, tol, max_steps)
-    tt = _times(t)
+    tt = as_times(t)
     flat = tt.ravel()
     out = np.empty((th.shape[0], flat.size))
     for b in range(th.shape[0]):
@@ -638,7 +631,7 @@ def _distribution(trace, t, theta, rewards, tol, max_steps, which: int):
 
 def _distribution_and_gradient(trace, t, theta, rewards, tol, max_steps, which: int):
     th, single, r = _prepare(trace, theta, rewards, tol, max_steps)
-    tt = _times(t)
+    tt = as_times(t)
     flat = tt.ravel()
     n_par = trace.n_params
     out = np.empty((th.shape[0], flat.size))
@@ -795,14 +788,8 @@ def quantile(trace, p, theta=None, *, rewards=None, tol=DEFAULT_TOL, max_steps=D
 
         return timedist.quantile(trace, p, theta, rewards=rewards)
     th, single, r = _prepare(trace, theta, rewards, tol, max_steps)
-    try:
-        pp = np.asarray(p, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"p is not an array of numbers: {exc}") from None
+    pp = as_probabilities(p)
     flat = pp.ravel()
-    if ((flat < 0) | (flat > 1)).any():
-        bad = flat[(flat < 0) | (flat > 1)][0]
-        raise InvalidParameterError(f"p must be in [0, 1]; got {float(bad)!r}")
     # One error budget for all p: tight enough to resolve the tails that are asked for.
     inner = flat[(flat > 0) & (flat < 1)]
     budget = min(tol, 1e-3 * float(np.minimum(inner, 1.0 - inner).min())) if inner.size else tol

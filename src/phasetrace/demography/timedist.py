@@ -14,19 +14,13 @@ import math
 
 import numpy as np
 
+from .._args import as_probabilities, as_times
 from ..errors import InvalidParameterError
 
 #: Relative width at which :func:`quantile` stops.
 QUANTILE_RTOL = 1e-12
 #: Iterations :func:`quantile` allows before it gives up with an error.
 QUANTILE_MAX_ITER = 400
-
-
-def _times(t) -> np.ndarray:
-    try:
-        return np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"t is not an array of numbers: {exc}") from None
 
 
 def _no_rewards(rewards) -> None:
@@ -72,7 +66,7 @@ def _one(model, theta_row: np.ndarray, flat: np.ndarray, gradient: bool):
 
 def _evaluate(model, t, theta, which: str, gradient: bool):
     th, single = model._thetas(theta)
-    tt = _times(t)
+    tt = as_times(t)
     flat = tt.ravel()
     B = th.shape[0]
     out = np.empty((B, flat.size))
@@ -118,14 +112,8 @@ def quantile(model, p, theta=None, *, rewards=None):
     """
     _no_rewards(rewards)
     th, single = model._thetas(theta)
-    try:
-        pp = np.asarray(p, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"p is not an array of numbers: {exc}") from None
+    pp = as_probabilities(p)
     flat = pp.ravel()
-    if ((flat < 0) | (flat > 1)).any():
-        bad = flat[(flat < 0) | (flat > 1)][0]
-        raise InvalidParameterError(f"p must be in [0, 1]; got {bad!r}")
     out = np.empty((th.shape[0], flat.size))
     for b in range(th.shape[0]):
         mean = float(model.moments(th[b], 1)[0])
