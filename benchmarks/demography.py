@@ -57,6 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe, describe_line
+from phasetrace._files import write_atomic
 
 HERE = Path(__file__).parent
 PEERS = HERE / "_demography_peers.py"
@@ -938,9 +939,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "demography-quick" if args.quick else "demography"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    write_atomic(out / f"{stem}.json", (json.dumps(report, indent=1)).encode())
     md = markdown(report)
-    (out / f"{stem}.md").write_text(md)
+    write_atomic(out / f"{stem}.md", md.encode())
     print(md)
     print(f"wrote {out / stem}.json, .md ({report['wall_s']:.0f} s)")
     return 0

@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe, describe_line
+from phasetrace._files import write_atomic
 
 RESULTS = Path(__file__).parent / "results"
 YAML = """\
@@ -379,9 +380,9 @@ def main() -> None:
             build_seconds=built,
             timings=timings(model, observed, u, args.repeat),
         )
-        (args.out / "inference.json").write_text(json.dumps(res, indent=1, default=str))
+        write_atomic(args.out / "inference.json", (json.dumps(res, indent=1, default=str)).encode())
         text = report(res)
-        (args.out / "inference.md").write_text(text)
+        write_atomic(args.out / "inference.md", text.encode())
         print(text)
         return
     res = {
@@ -408,9 +409,9 @@ def main() -> None:
             res["moments"] = {k: v for k, v in mom.items() if k != "rows"}
             res["summary"]["moments multinomial"] = summary(mom["rows"], truth)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "inference.json").write_text(json.dumps(res, indent=1, default=str))
+    write_atomic(args.out / "inference.json", (json.dumps(res, indent=1, default=str)).encode())
     text = report(res)
-    (args.out / "inference.md").write_text(text)
+    write_atomic(args.out / "inference.md", text.encode())
     print(text)
 
 
