@@ -322,3 +322,14 @@ def test_prune_that_cannot_remove_entries_exits_non_zero(tmp_path, monkeypatch, 
     out, err = capsys.readouterr()
     assert "removed 0 entries" in out
     assert "could not remove" in err and "Read-only file system" in err
+
+
+def test_a_marker_another_process_is_writing_does_not_make_the_directory_foreign(tmp_path):
+    """Two processes start one cache at once: one sees the other's marker still under its
+    temporary name and must not take the directory for someone else's."""
+    from phasetrace.cache import MARKER_NAME
+
+    (tmp_path / f".tmp-{MARKER_NAME}.1a2b3c").write_bytes(b"Signature: 8a477f597d28d172")
+    assert DiskCache(tmp_path).not_a_cache() is None
+    (tmp_path / "notes.txt").write_text("mine")
+    assert DiskCache(tmp_path).not_a_cache() is not None

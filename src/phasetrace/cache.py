@@ -788,6 +788,8 @@ class DiskCache:
             return f"{d} is not a directory"
         except OSError as exc:
             return f"{d} cannot be listed ({exc.strerror or exc})"
+        # another process's marker on its way in (written to a temporary file, renamed)
+        items = [i for i in items if not i.name.startswith(_TMP_PREFIX + MARKER_NAME)]
         if not items or _is_marker(d / MARKER_NAME) or _is_unmarked_cache(items):
             return None
         return (
